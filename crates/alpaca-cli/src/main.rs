@@ -1,3 +1,223 @@
+//! `alpaca`: the command line. Thin by design: it parses flags, resolves the config and calls
+//! the library functions a Rust user would call the same way.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "alpaca",
+    version,
+    about = "Train, evaluate and use transformer models. One binary, no Python."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fine-tune a model on a task.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Run a fine-tuned model on new input.
+    #[command(subcommand)]
+    Predict(PredictCommand),
+}
+
+#[derive(Subcommand)]
+enum TrainCommand {
+    /// Named-entity recognition on CoNLL column files.
+    Ner(NerArgs),
+}
+
+#[derive(Subcommand)]
+enum PredictCommand {
+    /// Print the entities found in text (arguments, --file, or stdin) as JSON lines.
+    Ner(PredictNerArgs),
+}
+
+/// Every flag is also a key of the `--config` TOML file (flags win).
+#[derive(Args, serde::Serialize)]
+struct NerArgs {
+    /// A TOML file with any of the keys below.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Model directory in Hugging Face layout, or a hub id in the local HF cache.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    /// Training file (CoNLL columns, tag in the last column).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train: Option<PathBuf>,
+    /// Dev file: evaluated after every epoch, picks the best checkpoint.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dev: Option<PathBuf>,
+    /// Test file: evaluated before and after fine-tuning.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test: Option<PathBuf>,
+    /// Run directory (runs/<name>).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epochs: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lr: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_batch_size: Option<usize>,
+    /// Maximum sub-tokens per sentence, [CLS] and [SEP] included.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_len: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weight_decay: Option<f64>,
+    /// Fraction of the optimiser steps used for linear warm-up.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warmup_ratio: Option<f64>,
+    /// constant, linear or cosine decay after warm-up.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<String>,
+    /// Micro-batches per optimiser step.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gradient_accumulation: Option<usize>,
+    /// Clip the global gradient norm to this (0: off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_grad_norm: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    /// Stop after this many epochs without a better dev entity F1.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patience: Option<usize>,
+    /// iob1, iob2 or bioes (default: detected from the training file).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tag_scheme: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_train_sentences: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_eval_sentences: Option<usize>,
+    /// Log the training loss every N optimiser steps.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_every: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threads: Option<usize>,
+    /// Do not evaluate the fresh model before training.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    skip_baseline: bool,
+}
+
+#[derive(Args)]
+struct PredictNerArgs {
+    /// A fine-tuned model directory (e.g. runs/<name>/best).
+    #[arg(long)]
+    model: String,
+    /// Read texts from this file, one per line.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Texts to tag; without any (and without --file), lines are read from stdin.
+    texts: Vec<String>,
+}
+
+fn train_ner(args: NerArgs) -> Result<()> {
+    let overrides = toml::Table::try_from(&args).context("flags")?;
+    let config: alpaca_train::NerConfig =
+        alpaca_train::config::resolve(args.config.as_deref(), overrides)
+            .map_err(anyhow::Error::msg)?;
+    let report = alpaca_train::ner::train(&config)?;
+    println!("{}", report.to_markdown());
+    eprintln!(
+        "report: {0}/report.md, {0}/report.json; best model: {0}/best",
+        config.output.display()
+    );
+    Ok(())
+}
+
+fn read_texts(args: &PredictNerArgs) -> Result<Vec<String>> {
+    if let Some(path) = &args.file {
+        let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
+        let text = String::from_utf8(bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{}: not valid UTF-8 (first bad byte at offset {})",
+                path.display(),
+                e.utf8_error().valid_up_to()
+            )
+        })?;
+        return Ok(text
+            .lines()
+            .map(|l| l.trim_end_matches('\r').to_string())
+            .filter(|l| !l.trim().is_empty())
+            .collect());
+    }
+    if !args.texts.is_empty() {
+        return Ok(args.texts.clone());
+    }
+    let mut input = String::new();
+    std::io::stdin()
+        .lock()
+        .read_to_string(&mut input)
+        .context("reading stdin")?;
+    Ok(input
+        .lines()
+        .map(str::to_string)
+        .filter(|l| !l.trim().is_empty())
+        .collect())
+}
+
+fn predict_ner(args: PredictNerArgs) -> Result<()> {
+    alpaca_train::threads::set_threads(args.threads);
+    let predictor = alpaca_train::ner_predict::NerPredictor::load(&args.model)?;
+    let texts = read_texts(&args)?;
+    let results = predictor.predict(&texts, args.batch_size)?;
+    for (line, entities) in results.iter().enumerate() {
+        for entity in entities {
+            let mut value = serde_json::to_value(entity)?;
+            value["line"] = serde_json::json!(line + 1);
+            println!("{value}");
+        }
+    }
+    Ok(())
+}
+
 fn main() {
-    println!("Hello, world!");
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Train(TrainCommand::Ner(args)) => train_ner(args),
+        Command::Predict(PredictCommand::Ner(args)) => predict_ner(args),
+    };
+    if let Err(error) = result {
+        eprintln!("alpaca: error: {error:#}");
+        std::process::exit(1);
+    }
 }

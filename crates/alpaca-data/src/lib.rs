@@ -1,1 +1,18 @@
-//! alpaca-data
+//! alpaca-data: from a token-classification file on disk to padded batches of sub-token ids.
+//!
+//! The path is `conll` (read words and tags) → `labels` (tag set, scheme checks and
+//! conversion) → `align` (words to sub-tokens, labels on the first sub-token of each word)
+//! → `batch` (length-grouped order and dynamic padding). Every failure that user input can
+//! cause is a [`DataError`] naming the file, the line and what was expected.
+
+pub mod align;
+pub mod batch;
+pub mod conll;
+pub mod error;
+pub mod labels;
+
+pub use align::{encode_sentences, encode_words, word_starts, Encoded, IGNORE_INDEX};
+pub use batch::{collate, length_grouped_order, sequential_order, sorted_by_length_order, Batch};
+pub use conll::{parse_conll, parse_conll_bytes, read_conll, Sentence};
+pub use error::{DataError, Result};
+pub use labels::{check_scheme, convert_scheme, LabelSet};

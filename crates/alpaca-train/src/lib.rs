@@ -1,1 +1,15 @@
-//! alpaca-train
+//! alpaca-train: the training loop and what it needs (optimiser, schedule, task pipelines).
+//!
+//! A loop a researcher can read in one sitting: `ner::train` loads data and model, evaluates
+//! the fresh model, trains with AdamW + warm-up/decay, evaluates on dev after each epoch, keeps
+//! the best checkpoint, stops early, and writes the before/after report.
+
+pub mod config;
+pub mod ner;
+pub mod ner_predict;
+pub mod optimizer;
+pub mod report;
+pub mod schedule;
+pub mod threads;
+
+pub use config::NerConfig;

@@ -1,0 +1,198 @@
+//! AdamW applied in place (torch.optim.AdamW semantics), plus gradient-norm helpers.
+//!
+//! Per element, with t = step (1-based):
+//!   p ← p − lr·wd·p                        (decoupled weight decay)
+//!   m ← β1 m + (1−β1) g;   v ← β2 v + (1−β2) g²
+//!   p ← p − lr · (m / (1−β1^t)) / (sqrt(v / (1−β2^t)) + ε)
+
+use crate::util::{check_f32_cpu, with_f32};
+use candle_core::{bail, CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Tensor};
+use rayon::prelude::*;
+use std::sync::Mutex;
+
+const CHUNK: usize = 16 * 1024;
+
+#[derive(Debug, Clone, Copy)]
+pub struct AdamWParams {
+    pub learning_rate: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    pub weight_decay: f64,
+    /// 1-based step count, for bias correction.
+    pub step: u64,
+}
+
+impl Default for AdamWParams {
+    /// torch.optim.AdamW defaults (lr 1e-3, betas (0.9, 0.999), eps 1e-8, wd 1e-2), step 1.
+    fn default() -> Self {
+        Self {
+            learning_rate: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 1e-2,
+            step: 1,
+        }
+    }
+}
+
+/// One fused AdamW update of `param` (a contiguous f32 CPU tensor, e.g. a `Var`'s tensor)
+/// in place, with optimiser state `m`, `v` (same length as `param`). No tensor is allocated
+/// (unless `grad` is non-contiguous, in which case it is copied once).
+pub fn adamw_step(
+    param: &Tensor,
+    grad: &Tensor,
+    m: &mut [f32],
+    v: &mut [f32],
+    params: AdamWParams,
+) -> Result<()> {
+    const OP: &str = "adamw_step";
+    check_f32_cpu(OP, "param", param)?;
+    check_f32_cpu(OP, "grad", grad)?;
+    if !param.is_contiguous() {
+        bail!("{OP}: param must be contiguous (it is updated in place)")
+    }
+    let n = param.elem_count();
+    if grad.elem_count() != n || m.len() != n || v.len() != n {
+        bail!(
+            "{OP}: sizes differ: param {:?}, grad {:?}, m {}, v {}",
+            param.shape(),
+            grad.shape(),
+            m.len(),
+            v.len()
+        )
+    }
+    if params.step == 0 {
+        bail!("{OP}: step is 1-based, got 0")
+    }
+    let grad = grad.contiguous()?;
+    param.inplace_op2(
+        &grad,
+        &AdamW {
+            state: Mutex::new((m, v)),
+            params,
+        },
+    )
+}
+
+struct AdamW<'a> {
+    state: Mutex<(&'a mut [f32], &'a mut [f32])>,
+    params: AdamWParams,
+}
+
+impl InplaceOp2 for AdamW<'_> {
+    fn name(&self) -> &'static str {
+        "alpaca-adamw"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<()> {
+        let name = "alpaca-adamw";
+        let (p0, p1) = match l1.contiguous_offsets() {
+            Some(o) => o,
+            None => bail!("{name}: param not contiguous"),
+        };
+        let p = match s1 {
+            CpuStorage::F32(v) => &mut v[p0..p1],
+            _ => bail!("{name}: param must be f32"),
+        };
+        let g = crate::util::slice_f32(name, s2, l2)?;
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| candle_core::Error::Msg(format!("{name}: state lock poisoned")))?;
+        let (m, v) = &mut *guard;
+        let AdamWParams {
+            learning_rate: lr,
+            beta1: b1,
+            beta2: b2,
+            epsilon: eps,
+            weight_decay: wd,
+            step,
+        } = self.params;
+        let t = step.min(i32::MAX as u64) as i32;
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        // Scalars folded as torch does: p -= step_size · m / (sqrt(v)/sqrt(bc2) + eps).
+        let decay = (1.0 - lr * wd) as f32;
+        let step_size = (lr / bc1) as f32;
+        let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
+        let (b1, b2, eps) = (b1 as f32, b2 as f32, eps as f32);
+        let (c1, c2) = (1.0 - b1, 1.0 - b2);
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| {
+                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+                    *m = b1 * *m + c1 * g;
+                    *v = b2 * *v + c2 * g * g;
+                    let denom = v.sqrt() * inv_sqrt_bc2 + eps;
+                    *p = *p * decay - step_size * *m / denom;
+                }
+            });
+        Ok(())
+    }
+}
+
+/// Σ g² over all elements of `grad` (f64 accumulation, parallel) — for gradient clipping.
+pub fn squared_norm(grad: &Tensor) -> Result<f64> {
+    with_f32("squared_norm", grad, |g| {
+        Ok(g.par_chunks(CHUNK)
+            .map(|c| {
+                let mut acc = [0.0f64; 8];
+                let chunks = c.chunks_exact(8);
+                let tail: f64 = chunks
+                    .remainder()
+                    .iter()
+                    .map(|&x| (x as f64) * (x as f64))
+                    .sum();
+                for ch in chunks {
+                    for i in 0..8 {
+                        acc[i] += (ch[i] as f64) * (ch[i] as f64);
+                    }
+                }
+                acc.iter().sum::<f64>() + tail
+            })
+            .sum())
+    })
+}
+
+/// Multiplies a contiguous f32 CPU tensor by `factor` in place (e.g. gradient clipping).
+pub fn scale_in_place(t: &Tensor, factor: f64) -> Result<()> {
+    check_f32_cpu("scale_in_place", "tensor", t)?;
+    if !t.is_contiguous() {
+        bail!("scale_in_place: tensor must be contiguous")
+    }
+    t.inplace_op1(&Scale(factor as f32))
+}
+
+struct Scale(f32);
+
+impl InplaceOp1 for Scale {
+    fn name(&self) -> &'static str {
+        "alpaca-scale"
+    }
+
+    fn cpu_fwd(&self, s: &mut CpuStorage, l: &Layout) -> Result<()> {
+        let (a, b) = match l.contiguous_offsets() {
+            Some(o) => o,
+            None => bail!("alpaca-scale: not contiguous"),
+        };
+        match s {
+            CpuStorage::F32(v) => {
+                v[a..b]
+                    .par_chunks_mut(CHUNK)
+                    .for_each(|c| c.iter_mut().for_each(|x| *x *= self.0));
+                Ok(())
+            }
+            _ => bail!("alpaca-scale: tensor must be f32"),
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Layer normalisation over the last dimension, forward and backward.
+//!
+//! x [.., C], weight [C], bias [C] -> y [.., C]  (N = product of leading dims)
+//!   mean = Σ x / C,  rstd = 1 / sqrt(Σ (x-mean)² / C + eps)   (biased variance, as torch)
+//!   xhat = (x - mean) · rstd,  y = xhat · weight + bias
+
+use crate::math;
+use crate::util::{check_f32_cpu, rows_per_task, slice_f32, tensor_from, with_f32};
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+/// Layer norm over the last dim of `x` with per-channel `weight` and `bias` ([C] each).
+/// Differentiable w.r.t. all three.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    const OP: &str = "layer_norm";
+    check_f32_cpu(OP, "x", x)?;
+    check_f32_cpu(OP, "weight", weight)?;
+    check_f32_cpu(OP, "bias", bias)?;
+    let c = match x.dims().last() {
+        Some(&c) if c > 0 => c,
+        _ => bail!(
+            "{OP}: x must have a non-empty last dimension, got shape {:?}",
+            x.shape()
+        ),
+    };
+    if weight.dims() != [c] || bias.dims() != [c] {
+        bail!(
+            "{OP}: weight and bias must have shape [{c}] (the last dim of x {:?}), got {:?} and {:?}",
+            x.shape(),
+            weight.shape(),
+            bias.shape()
+        )
+    }
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        LayerNorm { eps: eps as f32 },
+    )
+}
+
+struct LayerNorm {
+    eps: f32,
+}
+
+/// (mean, rstd) of one row.
+#[inline(always)]
+fn row_stats(x: &[f32], eps: f32) -> (f32, f32) {
+    let c = x.len() as f32;
+    let mean = math::sum(x) / c;
+    let mut acc = [0.0f32; math::LANES];
+    let chunks = x.chunks_exact(math::LANES);
+    let tail: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|v| (v - mean) * (v - mean))
+        .sum();
+    for ch in chunks {
+        for i in 0..math::LANES {
+            let d = ch[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    let var = (acc.iter().sum::<f32>() + tail) / c;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+impl CustomOp3 for LayerNorm {
+    fn name(&self) -> &'static str {
+        "alpaca-layer-norm"
+    }
+
+    // forward: y[n, :] = (x[n, :] - mean_n) * rstd_n * w + b
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let x = slice_f32(name, s1, l1)?;
+        let w = slice_f32(name, s2, l2)?;
+        let b = slice_f32(name, s3, l3)?;
+        let c = w.len();
+        let mut y = vec![0.0f32; x.len()];
+        let rows = rows_per_task(c);
+        y.par_chunks_mut(rows * c)
+            .zip(x.par_chunks(rows * c))
+            .for_each(|(yb, xb)| {
+                for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
+                    let (mean, rstd) = row_stats(xr, self.eps);
+                    for (((yo, &xi), &wi), &bi) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                        *yo = (xi - mean) * rstd * wi + bi;
+                    }
+                }
+            });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    // backward (dy = grad_res [N, C]):
+    //   dxhat = dy · w
+    //   dx    = rstd · (dxhat − mean(dxhat) − xhat · mean(dxhat · xhat))     [N, C]
+    //   dw    = Σ_n dy · xhat                                                [C]
+    //   db    = Σ_n dy                                                       [C]
+    // mean/rstd are recomputed from x (one cheap pass) instead of being stored.
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let name = self.name();
+        let c = weight.elem_count();
+        let (dx, dw, db) = with_f32(name, x, |x| {
+            with_f32(name, weight, |w| {
+                with_f32(name, grad_res, |dy| Ok(layer_norm_bwd(x, w, dy, self.eps)))
+            })
+        })?;
+        Ok((
+            Some(tensor_from(dx, x.shape())?),
+            Some(tensor_from(dw, c)?),
+            Some(tensor_from(db, c)?),
+        ))
+    }
+}
+
+/// Returns (dx [N·C], dw [C], db [C]).
+fn layer_norm_bwd(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let c = w.len();
+    let mut dx = vec![0.0f32; x.len()];
+    let rows = rows_per_task(c);
+    // Each task accumulates its own dw/db over its rows; the partials are summed after.
+    let (dw, db) = dx
+        .par_chunks_mut(rows * c)
+        .zip(x.par_chunks(rows * c))
+        .zip(dy.par_chunks(rows * c))
+        .map(|((dxb, xb), dyb)| {
+            let mut dw = vec![0.0f32; c];
+            let mut db = vec![0.0f32; c];
+            let mut dxhat = vec![0.0f32; c];
+            let mut xhat = vec![0.0f32; c];
+            for ((dxr, xr), dyr) in dxb
+                .chunks_exact_mut(c)
+                .zip(xb.chunks_exact(c))
+                .zip(dyb.chunks_exact(c))
+            {
+                let (mean, rstd) = row_stats(xr, eps);
+                // Re-slice to length c so the index loop has no bounds checks.
+                let (xr, dyr, w) = (&xr[..c], &dyr[..c], &w[..c]);
+                let (xhat, dxhat) = (&mut xhat[..c], &mut dxhat[..c]);
+                let (dw, db) = (&mut dw[..c], &mut db[..c]);
+                for i in 0..c {
+                    let (xh, g) = ((xr[i] - mean) * rstd, dyr[i]);
+                    xhat[i] = xh;
+                    dxhat[i] = g * w[i];
+                    dw[i] += g * xh;
+                    db[i] += g;
+                }
+                let inv_c = 1.0 / c as f32;
+                let mean_dxhat = math::sum(dxhat) * inv_c;
+                let mean_dxhat_xhat = math::dot(dxhat, xhat) * inv_c;
+                for ((o, &dh), &xh) in dxr.iter_mut().zip(dxhat.iter()).zip(xhat.iter()) {
+                    *o = rstd * (dh - mean_dxhat - xh * mean_dxhat_xhat);
+                }
+            }
+            (dw, db)
+        })
+        .reduce(
+            || (vec![0.0f32; c], vec![0.0f32; c]),
+            |(mut aw, mut ab), (bw, bb)| {
+                aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
+                ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
+                (aw, ab)
+            },
+        );
+    (dx, dw, db)
+}

@@ -1,0 +1,47 @@
+//! Shared plumbing: dtype/device checks and borrowing a tensor's f32 data as a slice.
+
+use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
+
+/// Rows handed to one rayon task: enough work to amortise scheduling.
+pub(crate) fn rows_per_task(row_len: usize) -> usize {
+    (16 * 1024 / row_len.max(1)).max(1)
+}
+
+/// Errors unless `t` is an f32 tensor on the CPU.
+pub(crate) fn check_f32_cpu(op: &str, what: &str, t: &Tensor) -> Result<()> {
+    if !matches!(t.device(), Device::Cpu) {
+        bail!(
+            "{op}: {what} must be on the CPU (alpaca-kernels are CPU kernels), got {:?}",
+            t.device().location()
+        )
+    }
+    if t.dtype() != DType::F32 {
+        bail!("{op}: {what} must be f32, got {:?}", t.dtype())
+    }
+    Ok(())
+}
+
+/// The contiguous f32 slice described by `layout` inside `storage`.
+pub(crate) fn slice_f32<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => bail!("{op}: internal error, input is not contiguous"),
+    }
+}
+
+/// Calls `f` with the f32 data of `t` (made contiguous first if needed).
+pub(crate) fn with_f32<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    check_f32_cpu(op, "tensor", t)?;
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    let Storage::Cpu(cs) = &*s else {
+        bail!("{op}: tensor is not on the CPU")
+    };
+    f(slice_f32(op, cs, l)?)
+}
+
+/// A new CPU f32 tensor from `data` with `shape`.
+pub(crate) fn tensor_from(data: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
+    Tensor::from_vec(data, shape, &Device::Cpu)
+}

@@ -1,0 +1,120 @@
+//! The building blocks shared by the architectures: linear, layer norm, embedding.
+
+use candle_core::{Tensor, Var};
+
+use crate::checkpoint::{Init, WeightLoader};
+use crate::error::Result;
+
+/// `y = x Wᵀ + b` with HF's weight layout `[out, in]`.
+pub struct Linear {
+    pub weight: Var,
+    pub bias: Option<Var>,
+}
+
+impl Linear {
+    pub fn load(
+        loader: &mut WeightLoader,
+        prefix: &str,
+        in_features: usize,
+        out_features: usize,
+        initializer_range: f64,
+    ) -> Result<Self> {
+        let weight = loader.take(
+            &format!("{prefix}.weight"),
+            &[out_features, in_features],
+            Init::Normal(initializer_range),
+        )?;
+        let bias = loader.take(&format!("{prefix}.bias"), &[out_features], Init::Zeros)?;
+        Ok(Self {
+            weight,
+            bias: Some(bias),
+        })
+    }
+
+    /// `x Wᵀ` without the bias, for callers that fuse the bias into the next op.
+    /// x: [..., in] → [..., out]
+    pub fn forward_without_bias(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_features = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_features;
+        let y = x
+            .reshape((rows, in_features))?
+            .matmul(&self.weight.as_tensor().t()?)?;
+        let mut out_dims = dims;
+        *out_dims.last_mut().expect("x has at least one dim") = y.dim(1)?;
+        Ok(y.reshape(out_dims)?)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.forward_without_bias(x)?;
+        match &self.bias {
+            Some(bias) => Ok(y.broadcast_add(bias.as_tensor())?),
+            None => Ok(y),
+        }
+    }
+}
+
+/// Layer normalisation over the last dimension (fused kernel with its own backward).
+pub struct LayerNorm {
+    pub weight: Var,
+    pub bias: Var,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(loader: &mut WeightLoader, prefix: &str, size: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: loader.take(&format!("{prefix}.weight"), &[size], Init::Ones)?,
+            bias: loader.take(&format!("{prefix}.bias"), &[size], Init::Zeros)?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(alpaca_kernels::layer_norm(
+            x,
+            self.weight.as_tensor(),
+            self.bias.as_tensor(),
+            self.eps,
+        )?)
+    }
+}
+
+/// A lookup table `[count, size]`; its gradient is a scatter-add (candle's index_select).
+pub struct Embedding {
+    pub weight: Var,
+}
+
+impl Embedding {
+    pub fn load(
+        loader: &mut WeightLoader,
+        name: &str,
+        count: usize,
+        size: usize,
+        initializer_range: f64,
+    ) -> Result<Self> {
+        Ok(Self {
+            weight: loader.take(name, &[count, size], Init::Normal(initializer_range))?,
+        })
+    }
+
+    /// ids: [b, t] u32 → [b, t, size]
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (batch, length) = ids.dims2()?;
+        let flat = ids.flatten_all()?;
+        let rows = self.weight.as_tensor().index_select(&flat, 0)?;
+        Ok(rows.reshape((batch, length, rows.dim(1)?))?)
+    }
+}
+
+/// Inverted dropout when training, identity otherwise.
+pub fn dropout(x: &Tensor, probability: f64, mode: crate::Mode, site: u64) -> Result<Tensor> {
+    if !mode.train || probability <= 0.0 {
+        return Ok(x.clone());
+    }
+    Ok(alpaca_kernels::dropout(
+        x,
+        probability as f32,
+        mode.site_seed(site),
+    )?)
+}

@@ -1,0 +1,162 @@
+//! Run configuration: defaults, overridden by a `--config run.toml`, overridden by flags.
+//! The resolved config is saved in the run directory as `config.toml`.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::ScheduleKind;
+
+fn default_epochs() -> usize {
+    3
+}
+fn default_lr() -> f64 {
+    5e-5
+}
+fn default_batch() -> usize {
+    16
+}
+fn default_max_len() -> usize {
+    128
+}
+fn default_weight_decay() -> f64 {
+    0.01
+}
+fn default_warmup() -> f64 {
+    0.1
+}
+fn default_one() -> usize {
+    1
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_seed() -> u64 {
+    42
+}
+fn default_eval_batch() -> usize {
+    64
+}
+fn default_log_every() -> usize {
+    20
+}
+fn default_schedule() -> ScheduleKind {
+    ScheduleKind::Linear
+}
+
+/// Everything `alpaca train ner` needs. Field names are the config keys and the flag names
+/// (`batch_size` ↔ `--batch-size`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NerConfig {
+    /// A model directory in HF layout or a hub id in the local HF cache.
+    pub model: String,
+    pub train: PathBuf,
+    pub dev: Option<PathBuf>,
+    pub test: Option<PathBuf>,
+    /// The run directory (`runs/<name>`).
+    pub output: PathBuf,
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    /// Fraction of all optimiser steps spent warming up linearly from 0.
+    #[serde(default = "default_warmup")]
+    pub warmup_ratio: f64,
+    #[serde(default = "default_schedule")]
+    pub schedule: ScheduleKind,
+    #[serde(default = "default_one")]
+    pub gradient_accumulation: usize,
+    /// Global-norm clipping; 0 turns it off.
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Stop after this many epochs without a better dev entity F1 (none: never stop early).
+    #[serde(default)]
+    pub patience: Option<usize>,
+    /// iob1, iob2 or bioes; detected from the training file when absent.
+    #[serde(default)]
+    pub tag_scheme: Option<alpaca_eval::scheme::Scheme>,
+    /// Use only the first N training sentences (quick experiments, tests).
+    #[serde(default)]
+    pub max_train_sentences: Option<usize>,
+    /// Use only the first N dev/test sentences.
+    #[serde(default)]
+    pub max_eval_sentences: Option<usize>,
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    /// Worker threads (default: all cores).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    /// Skip the evaluation of the fresh model before training.
+    #[serde(default)]
+    pub skip_baseline: bool,
+}
+
+/// Merges `overrides` (flag values) onto the TOML file at `config_file`, then reads the
+/// result as a config. Errors name the file and the key.
+pub fn resolve<T: for<'de> Deserialize<'de>>(
+    config_file: Option<&Path>,
+    overrides: toml::Table,
+) -> Result<T, String> {
+    let mut table = match config_file {
+        Some(path) => {
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            text.parse::<toml::Table>()
+                .map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => toml::Table::new(),
+    };
+    for (key, value) in overrides {
+        table.insert(key, value);
+    }
+    let origin = config_file
+        .map(|p| format!("{} and flags", p.display()))
+        .unwrap_or_else(|| "flags".into());
+    T::deserialize(toml::Value::Table(table)).map_err(|e| format!("config ({origin}): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_file_and_defaults_fill_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("run.toml");
+        std::fs::write(
+            &file,
+            "model = \"m\"\ntrain = \"t.txt\"\noutput = \"runs/x\"\nepochs = 7\nlr = 1e-4\n",
+        )
+        .unwrap();
+        let mut flags = toml::Table::new();
+        flags.insert("epochs".into(), toml::Value::Integer(2));
+        let config: NerConfig = resolve(Some(&file), flags).unwrap();
+        assert_eq!(config.epochs, 2);
+        assert_eq!(config.lr, 1e-4);
+        assert_eq!(config.batch_size, 16);
+    }
+
+    #[test]
+    fn unknown_and_missing_keys_are_named() {
+        let mut flags = toml::Table::new();
+        flags.insert("model".into(), "m".into());
+        flags.insert("train".into(), "t".into());
+        flags.insert("output".into(), "o".into());
+        flags.insert("epochz".into(), toml::Value::Integer(2));
+        let error = resolve::<NerConfig>(None, flags).unwrap_err();
+        assert!(error.contains("epochz"), "{error}");
+        let error = resolve::<NerConfig>(None, toml::Table::new()).unwrap_err();
+        assert!(error.contains("model"), "{error}");
+    }
+}

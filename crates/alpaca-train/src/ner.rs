@@ -1,0 +1,499 @@
+//! Named-entity recognition: fine-tune a BERT token classifier on CoNLL files.
+
+use std::path::Path;
+use std::time::Instant;
+
+use alpaca_data::align::{encode_sentences, word_starts, Encoded, IGNORE_INDEX};
+use alpaca_data::batch::{collate, length_grouped_order, sorted_by_length_order, Batch};
+use alpaca_data::conll::{read_conll, Sentence};
+use alpaca_data::labels::{check_scheme, LabelSet};
+use alpaca_eval::classification::classification_report;
+use alpaca_eval::scheme::{detect_scheme_in_sentences, Scheme};
+use alpaca_eval::seqeval::entity_report;
+use alpaca_models::{BertForTokenClassification, Mode, ModelDir};
+use alpaca_track::{progress_bar, write_atomic, write_json_atomic, MetricsLog, Throughput};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde_json::json;
+use tokenizers::Tokenizer;
+
+use crate::config::NerConfig;
+use crate::optimizer::{clip_scale, global_norm, AdamW};
+use crate::report::{EpochRecord, Evaluation, NerReport, SplitReport};
+use crate::schedule::Schedule;
+
+/// A labelled split, read and encoded.
+pub struct Split {
+    pub name: String,
+    pub sentences: Vec<Sentence>,
+    pub encoded: Vec<Encoded>,
+}
+
+/// Loads `tokenizer.json` from a model directory, checking it fits the model's vocabulary.
+pub fn load_tokenizer(dir: &ModelDir, vocab_size: usize) -> Result<Tokenizer> {
+    let path = dir.require("tokenizer.json")?;
+    let tokenizer = Tokenizer::from_file(&path)
+        .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+    let tokens = tokenizer.get_vocab_size(true);
+    if tokens > vocab_size {
+        bail!(
+            "{}: the tokenizer has {tokens} tokens but the model's config.json says vocab_size {vocab_size}; \
+             the tokenizer does not belong to this model",
+            path.display()
+        );
+    }
+    Ok(tokenizer)
+}
+
+/// The id used for padding: the tokenizer's [PAD] (or its padding setting), else 0.
+pub fn pad_id(tokenizer: &Tokenizer) -> u32 {
+    tokenizer
+        .get_padding()
+        .map(|p| p.pad_id)
+        .or_else(|| tokenizer.token_to_id("[PAD]"))
+        .unwrap_or(0)
+}
+
+/// The batch as tensors: ids, type ids, mask (f32), labels (i64).
+pub fn batch_tensors(batch: &Batch) -> Result<(Tensor, Tensor, Tensor, Tensor)> {
+    let shape = (batch.batch_size, batch.seq_len);
+    let device = Device::Cpu;
+    let ids = Tensor::from_slice(&batch.input_ids, shape, &device)?;
+    let types = Tensor::from_slice(&batch.type_ids, shape, &device)?;
+    let mask: Vec<f32> = batch.attention_mask.iter().map(|&m| m as f32).collect();
+    let mask = Tensor::from_vec(mask, shape, &device)?;
+    let labels = Tensor::from_slice(&batch.labels, batch.labels.len(), &device)?;
+    Ok((ids, types, mask, labels))
+}
+
+fn read_split(
+    name: &str,
+    path: &Path,
+    limit: Option<usize>,
+    scheme: Option<Scheme>,
+) -> Result<(Vec<Sentence>, Scheme)> {
+    let mut sentences = read_conll(path)?;
+    if let Some(limit) = limit {
+        sentences.truncate(limit);
+    }
+    let tags: Vec<Vec<String>> = sentences.iter().map(|s| s.tags.clone()).collect();
+    let scheme = scheme.unwrap_or_else(|| detect_scheme_in_sentences(&tags));
+    check_scheme(&sentences, scheme, path).with_context(|| format!("{name} file"))?;
+    Ok((sentences, scheme))
+}
+
+/// Word-level predicted tags for each example (words past truncation or without tokens: O).
+fn decode_predictions(
+    logits: &[Vec<Vec<f32>>],
+    batch: &Batch,
+    encoded: &[Encoded],
+    sentences: &[Sentence],
+    labels: &LabelSet,
+    predictions: &mut [Vec<String>],
+) {
+    for (row, &index) in batch.indices.iter().enumerate() {
+        let starts = word_starts(&encoded[index]);
+        let mut tags = vec!["O".to_string(); sentences[index].words.len()];
+        for (word, start) in starts.iter().enumerate() {
+            if let Some(position) = start {
+                let scores = &logits[row][*position];
+                let best = scores
+                    .iter()
+                    .enumerate()
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .map(|(i, _)| i)
+                    .unwrap_or(0);
+                tags[word] = labels.label(best).to_string();
+            }
+        }
+        predictions[index] = tags;
+    }
+}
+
+/// Runs the model over a split: loss, seqeval entity report, token-level report.
+pub fn evaluate(
+    model: &BertForTokenClassification,
+    split: &Split,
+    labels: &LabelSet,
+    scheme: Scheme,
+    batch_size: usize,
+    pad: u32,
+    title: &str,
+) -> Result<(Evaluation, Vec<Vec<String>>)> {
+    let lengths: Vec<usize> = split.encoded.iter().map(|e| e.input_ids.len()).collect();
+    let order = sorted_by_length_order(&lengths, batch_size);
+    let bar = progress_bar(order.len() as u64, title);
+    let mut predictions = vec![Vec::new(); split.sentences.len()];
+    let (mut loss_sum, mut loss_tokens) = (0.0f64, 0usize);
+    for indices in &order {
+        let examples: Vec<&Encoded> = indices.iter().map(|&i| &split.encoded[i]).collect();
+        let batch = collate(&examples, indices, pad);
+        let (ids, types, mask, targets) = batch_tensors(&batch)?;
+        let logits = model.forward(&ids, &types, &mask, Mode::EVAL)?;
+        let flat = logits.reshape((batch.batch_size * batch.seq_len, labels.len()))?;
+        let counted = batch.labels.iter().filter(|&&l| l != IGNORE_INDEX).count();
+        let loss =
+            alpaca_kernels::cross_entropy(&flat, &targets, IGNORE_INDEX)?.to_scalar::<f32>()?;
+        loss_sum += loss as f64 * counted as f64;
+        loss_tokens += counted;
+        let logits = logits.to_vec3::<f32>()?;
+        decode_predictions(
+            &logits,
+            &batch,
+            &split.encoded,
+            &split.sentences,
+            labels,
+            &mut predictions,
+        );
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let gold: Vec<Vec<String>> = split.sentences.iter().map(|s| s.tags.clone()).collect();
+    let entity = entity_report(&gold, &predictions, scheme).map_err(anyhow::Error::msg)?;
+    let flat_gold: Vec<&String> = gold.iter().flatten().collect();
+    let flat_predicted: Vec<&String> = predictions.iter().flatten().collect();
+    let tokens = classification_report(&flat_gold, &flat_predicted, labels.labels())
+        .map_err(anyhow::Error::msg)?;
+    Ok((
+        Evaluation {
+            loss: if loss_tokens > 0 {
+                loss_sum / loss_tokens as f64
+            } else {
+                0.0
+            },
+            sentences: split.sentences.len(),
+            entity,
+            tokens,
+        },
+        predictions,
+    ))
+}
+
+/// Fine-tunes, evaluates and writes the run directory. Returns the report (also printed by
+/// the CLI).
+pub fn train(config: &NerConfig) -> Result<NerReport> {
+    let threads = crate::threads::set_threads(config.threads);
+    if config.batch_size == 0 || config.gradient_accumulation == 0 || config.epochs == 0 {
+        bail!("batch_size, gradient_accumulation and epochs must be at least 1");
+    }
+    let run = &config.output;
+    std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
+    let config_text = toml::to_string_pretty(config).context("config serialises")?;
+    write_atomic(&run.join("config.toml"), config_text.as_bytes())?;
+    let mut metrics = MetricsLog::open(&run.join("metrics.jsonl"))?;
+
+    // Data: the label set and the tag scheme come from the training file.
+    let (train_sentences, scheme) = read_split(
+        "training",
+        &config.train,
+        config.max_train_sentences,
+        config.tag_scheme,
+    )?;
+    let labels = LabelSet::from_sentences(&train_sentences);
+    let mut labelled: Vec<(String, Vec<Sentence>)> = Vec::new();
+    for (name, path) in [("dev", &config.dev), ("test", &config.test)] {
+        if let Some(path) = path {
+            let (sentences, _) = read_split(name, path, config.max_eval_sentences, Some(scheme))?;
+            labels.check(&sentences, path)?;
+            labelled.push((name.to_string(), sentences));
+        }
+    }
+
+    // Model and tokenizer.
+    let dir = ModelDir::open(&config.model)?;
+    let (mut model, load_report) =
+        BertForTokenClassification::load(&dir, Some(labels.labels().to_vec()), config.seed)?;
+    let tokenizer = load_tokenizer(&dir, model.bert.config.vocab_size)?;
+    let max_len = config
+        .max_len
+        .min(model.bert.config.max_position_embeddings);
+    let pad = pad_id(&tokenizer);
+    eprintln!(
+        "alpaca: {} ({} parameters), {} labels, scheme {scheme}, {threads} threads, {}",
+        dir.path.display(),
+        model.parameters.count(),
+        labels.len(),
+        alpaca_kernels::cpu_features()
+    );
+    let summary = load_report.summary();
+    if !summary.is_empty() {
+        eprintln!("{summary}");
+    }
+    metrics.log(
+        "load",
+        json!({"model": config.model, "report": load_report}),
+    )?;
+
+    let (train_encoded, mut truncated) =
+        encode_sentences(&tokenizer, &train_sentences, &labels, max_len)?;
+    let train_split = Split {
+        name: "train".into(),
+        sentences: train_sentences,
+        encoded: train_encoded,
+    };
+    let mut eval_splits = Vec::new();
+    for (name, sentences) in labelled {
+        let (encoded, cut) = encode_sentences(&tokenizer, &sentences, &labels, max_len)?;
+        truncated += cut;
+        eval_splits.push(Split {
+            name,
+            sentences,
+            encoded,
+        });
+    }
+
+    // Before fine-tuning: the fresh head, so the report shows what training bought.
+    let mut before = Vec::new();
+    for split in &eval_splits {
+        let evaluation = if config.skip_baseline {
+            None
+        } else {
+            let (evaluation, _) = evaluate(
+                &model,
+                split,
+                &labels,
+                scheme,
+                config.eval_batch_size,
+                pad,
+                &format!("{} before", split.name),
+            )?;
+            metrics.log(
+                "eval",
+                json!({"split": split.name, "stage": "before", "epoch": 0, "loss": evaluation.loss,
+                       "entity_f1": evaluation.entity.micro.f1,
+                       "entity_precision": evaluation.entity.micro.precision,
+                       "entity_recall": evaluation.entity.micro.recall}),
+            )?;
+            Some(evaluation)
+        };
+        before.push(evaluation);
+    }
+
+    // Training.
+    let lengths: Vec<usize> = train_split
+        .encoded
+        .iter()
+        .map(|e| e.input_ids.len())
+        .collect();
+    let batches_per_epoch = lengths.len().div_ceil(config.batch_size);
+    let steps_per_epoch = batches_per_epoch.div_ceil(config.gradient_accumulation);
+    let total_steps = steps_per_epoch * config.epochs;
+    let schedule = Schedule {
+        kind: config.schedule,
+        peak: config.lr,
+        warmup_steps: (config.warmup_ratio * total_steps as f64).round() as usize,
+        total_steps,
+    };
+    let mut optimizer = AdamW::new(&model.parameters, config.weight_decay);
+    let parameter_count = optimizer.parameters().count();
+    let best_dir = run.join("best");
+    let dev_index = eval_splits.iter().position(|s| s.name == "dev");
+    let mut best_f1 = f64::NEG_INFINITY;
+    let mut best_epoch = None;
+    let mut epochs_without_gain = 0;
+    let mut stopped_early = false;
+    let mut epoch_records = Vec::new();
+    let mut micro_batch = 0u64;
+
+    for epoch in 1..=config.epochs {
+        let order = length_grouped_order(&lengths, config.batch_size, config.seed + epoch as u64);
+        let bar = progress_bar(order.len() as u64, &format!("epoch {epoch}"));
+        let mut throughput = Throughput::new();
+        let started = Instant::now();
+        let mut accumulated: Vec<Option<Tensor>> = vec![None; parameter_count];
+        let mut pending = 0usize;
+        let (mut epoch_loss, mut epoch_batches) = (0.0f64, 0usize);
+        let mut window_loss = (0.0f64, 0usize);
+        for (batch_index, indices) in order.iter().enumerate() {
+            let examples: Vec<&Encoded> =
+                indices.iter().map(|&i| &train_split.encoded[i]).collect();
+            let batch = collate(&examples, indices, pad);
+            let (ids, types, mask, targets) = batch_tensors(&batch)?;
+            micro_batch += 1;
+            let logits =
+                model.forward(&ids, &types, &mask, Mode::train(config.seed ^ micro_batch))?;
+            let flat = logits.reshape((batch.batch_size * batch.seq_len, labels.len()))?;
+            let loss = alpaca_kernels::cross_entropy(&flat, &targets, IGNORE_INDEX)?;
+            let loss_value = loss.to_scalar::<f32>()? as f64;
+            let scaled = if config.gradient_accumulation > 1 {
+                loss.affine(1.0 / config.gradient_accumulation as f64, 0.0)?
+            } else {
+                loss
+            };
+            let gradients = scaled.backward()?;
+            for (slot, var) in accumulated.iter_mut().zip(optimizer.parameters()) {
+                if let Some(gradient) = gradients.get(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(sum) => (sum + gradient)?,
+                        None => gradient.clone(),
+                    });
+                }
+            }
+            drop(gradients);
+            pending += 1;
+            epoch_loss += loss_value;
+            epoch_batches += 1;
+            window_loss.0 += loss_value;
+            window_loss.1 += 1;
+            throughput.add(batch.attention_mask.iter().map(|&m| m as u64).sum());
+
+            let last = batch_index + 1 == order.len();
+            if pending == config.gradient_accumulation || last {
+                let step = optimizer.steps() as usize;
+                let learning_rate = schedule.learning_rate(step);
+                let norm = global_norm(&accumulated)?;
+                optimizer.step(
+                    &accumulated,
+                    learning_rate,
+                    clip_scale(norm, config.max_grad_norm),
+                )?;
+                accumulated.iter_mut().for_each(|g| *g = None);
+                pending = 0;
+                let step = step + 1;
+                if step % config.log_every == 0 || last {
+                    let mean = window_loss.0 / window_loss.1.max(1) as f64;
+                    let tokens_per_second = throughput.tokens_per_second();
+                    bar.set_message(format!(
+                        "loss {mean:.4} lr {learning_rate:.2e} {tokens_per_second:.0} tok/s"
+                    ));
+                    metrics.log(
+                        "train",
+                        json!({"epoch": epoch, "step": step, "loss": mean, "lr": learning_rate,
+                               "grad_norm": norm, "tokens_per_second": tokens_per_second}),
+                    )?;
+                    window_loss = (0.0, 0);
+                }
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let seconds = started.elapsed().as_secs_f64();
+        let train_loss = epoch_loss / epoch_batches.max(1) as f64;
+
+        let mut dev_f1 = None;
+        if let Some(index) = dev_index {
+            let (evaluation, _) = evaluate(
+                &model,
+                &eval_splits[index],
+                &labels,
+                scheme,
+                config.eval_batch_size,
+                pad,
+                &format!("dev {epoch}"),
+            )?;
+            metrics.log(
+                "eval",
+                json!({"split": "dev", "stage": "epoch", "epoch": epoch, "loss": evaluation.loss,
+                       "entity_f1": evaluation.entity.micro.f1,
+                       "entity_precision": evaluation.entity.micro.precision,
+                       "entity_recall": evaluation.entity.micro.recall}),
+            )?;
+            dev_f1 = Some(evaluation.entity.micro.f1);
+        }
+        let record = EpochRecord {
+            epoch,
+            train_loss,
+            dev_entity_f1: dev_f1,
+            seconds,
+            tokens_per_second: throughput.tokens_per_second(),
+        };
+        eprintln!(
+            "epoch {epoch}: train loss {train_loss:.4}{} in {seconds:.1}s ({:.0} tokens/s)",
+            dev_f1
+                .map(|f| format!(", dev entity F1 {f:.4}"))
+                .unwrap_or_default(),
+            record.tokens_per_second
+        );
+        metrics.log("epoch", &record)?;
+        epoch_records.push(record);
+
+        // Without a dev set the last epoch is the one we keep.
+        let score = dev_f1.unwrap_or(epoch as f64);
+        if score > best_f1 {
+            best_f1 = score;
+            best_epoch = Some(epoch);
+            epochs_without_gain = 0;
+            model.save(&best_dir, &dir.path)?;
+            metrics.log(
+                "checkpoint",
+                json!({"epoch": epoch, "path": best_dir, "dev_entity_f1": dev_f1}),
+            )?;
+        } else {
+            epochs_without_gain += 1;
+            if config.patience.is_some_and(|p| epochs_without_gain >= p) {
+                eprintln!(
+                    "no better dev entity F1 for {epochs_without_gain} epochs: stopping early"
+                );
+                stopped_early = true;
+                break;
+            }
+        }
+    }
+
+    // After: reload the best checkpoint from disk (this also proves it loads).
+    let best_model_dir = ModelDir::open(best_dir.to_str().context("run path is not UTF-8")?)?;
+    let (best_model, _) = BertForTokenClassification::load(&best_model_dir, None, config.seed)?;
+    model = best_model;
+    let mut splits = Vec::new();
+    for (split, before) in eval_splits.iter().zip(before) {
+        let (after, predictions) = evaluate(
+            &model,
+            split,
+            &labels,
+            scheme,
+            config.eval_batch_size,
+            pad,
+            &format!("{} after", split.name),
+        )?;
+        metrics.log(
+            "eval",
+            json!({"split": split.name, "stage": "after", "loss": after.loss,
+                   "entity_f1": after.entity.micro.f1,
+                   "entity_precision": after.entity.micro.precision,
+                   "entity_recall": after.entity.micro.recall,
+                   "token_micro_f1": after.tokens.micro.f1}),
+        )?;
+        write_predictions(
+            &run.join(format!("predictions-{}.txt", split.name)),
+            &split.sentences,
+            &predictions,
+        )?;
+        splits.push(SplitReport {
+            split: split.name.clone(),
+            before,
+            after,
+        });
+    }
+    let report = NerReport {
+        model: config.model.clone(),
+        output: run.display().to_string(),
+        tag_scheme: scheme.to_string(),
+        labels: labels.labels().to_vec(),
+        parameters: model.parameters.count(),
+        threads,
+        epochs: epoch_records,
+        best_epoch,
+        stopped_early,
+        truncated_sentences: truncated,
+        splits,
+    };
+    write_json_atomic(&run.join("report.json"), &report)?;
+    write_atomic(&run.join("report.md"), report.to_markdown().as_bytes())?;
+    Ok(report)
+}
+
+/// CoNLL-style `word gold predicted` lines, for error analysis with conlleval.
+fn write_predictions(
+    path: &Path,
+    sentences: &[Sentence],
+    predictions: &[Vec<String>],
+) -> Result<()> {
+    let mut text = String::new();
+    for (sentence, predicted) in sentences.iter().zip(predictions) {
+        for ((word, gold), tag) in sentence.words.iter().zip(&sentence.tags).zip(predicted) {
+            text.push_str(&format!("{word} {gold} {tag}\n"));
+        }
+        text.push('\n');
+    }
+    Ok(write_atomic(path, text.as_bytes())?)
+}

@@ -1,0 +1,127 @@
+//! AdamW over named parameters, with HF's decay groups and global-norm gradient clipping.
+
+use alpaca_kernels::adamw::{adamw_step, squared_norm, AdamWParams};
+use alpaca_models::Parameters;
+use candle_core::{Tensor, Var};
+
+/// transformers' Trainer puts biases and LayerNorm weights in the no-decay group.
+pub fn decays(name: &str) -> bool {
+    !(name.ends_with(".bias") || name.contains("LayerNorm") || name.contains("layer_norm"))
+}
+
+pub struct AdamW {
+    parameters: Vec<(String, Var)>,
+    first_moments: Vec<Vec<f32>>,
+    second_moments: Vec<Vec<f32>>,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub epsilon: f64,
+    pub weight_decay: f64,
+    step: u64,
+}
+
+impl AdamW {
+    pub fn new(parameters: &Parameters, weight_decay: f64) -> Self {
+        let parameters: Vec<(String, Var)> = parameters
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.clone()))
+            .collect();
+        let zeros = |v: &Var| vec![0f32; v.elem_count()];
+        Self {
+            first_moments: parameters.iter().map(|(_, v)| zeros(v)).collect(),
+            second_moments: parameters.iter().map(|(_, v)| zeros(v)).collect(),
+            parameters,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay,
+            step: 0,
+        }
+    }
+
+    pub fn parameters(&self) -> impl Iterator<Item = &Var> {
+        self.parameters.iter().map(|(_, v)| v)
+    }
+
+    /// Number of optimiser steps taken so far.
+    pub fn steps(&self) -> u64 {
+        self.step
+    }
+
+    /// Applies one update. `gradients[i]` belongs to the i-th parameter (None = no gradient,
+    /// parameter left as is). Gradients are scaled by `gradient_scale` (clipping) on the fly.
+    pub fn step(
+        &mut self,
+        gradients: &[Option<Tensor>],
+        learning_rate: f64,
+        gradient_scale: f64,
+    ) -> candle_core::Result<()> {
+        self.step += 1;
+        for (index, (name, var)) in self.parameters.iter().enumerate() {
+            let Some(gradient) = &gradients[index] else {
+                continue;
+            };
+            let scaled;
+            let gradient = if gradient_scale != 1.0 {
+                scaled = gradient.affine(gradient_scale, 0.0)?;
+                &scaled
+            } else {
+                gradient
+            };
+            let params = AdamWParams {
+                learning_rate,
+                beta1: self.beta1,
+                beta2: self.beta2,
+                epsilon: self.epsilon,
+                weight_decay: if decays(name) { self.weight_decay } else { 0.0 },
+                step: self.step,
+            };
+            adamw_step(
+                var.as_tensor(),
+                gradient,
+                &mut self.first_moments[index],
+                &mut self.second_moments[index],
+                params,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The L2 norm of all gradients together (what `clip_grad_norm_` returns).
+pub fn global_norm(gradients: &[Option<Tensor>]) -> candle_core::Result<f64> {
+    let mut total = 0.0;
+    for gradient in gradients.iter().flatten() {
+        total += squared_norm(gradient)?;
+    }
+    Ok(total.sqrt())
+}
+
+/// The factor `clip_grad_norm_` multiplies gradients by: 1 when under the limit.
+pub fn clip_scale(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decay_groups_follow_transformers() {
+        assert!(decays("bert.encoder.layer.0.attention.self.query.weight"));
+        assert!(!decays("bert.encoder.layer.0.attention.self.query.bias"));
+        assert!(!decays("bert.embeddings.LayerNorm.weight"));
+        assert!(decays("classifier.weight"));
+    }
+
+    #[test]
+    fn clipping_scales_only_above_the_limit() {
+        assert_eq!(clip_scale(0.5, 1.0), 1.0);
+        assert!((clip_scale(4.0, 1.0) - 0.25).abs() < 1e-6);
+        assert_eq!(clip_scale(4.0, 0.0), 1.0);
+    }
+}

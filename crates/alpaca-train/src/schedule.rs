@@ -1,0 +1,74 @@
+//! Learning-rate schedules, as transformers' `get_*_schedule_with_warmup`.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ScheduleKind {
+    Constant,
+    Linear,
+    Cosine,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    pub kind: ScheduleKind,
+    pub peak: f64,
+    pub warmup_steps: usize,
+    pub total_steps: usize,
+}
+
+impl Schedule {
+    /// The learning rate for optimiser step `step` (0-based): linear warm-up from 0 to `peak`
+    /// over `warmup_steps`, then constant, linear decay to 0, or half-cosine decay to 0 at
+    /// `total_steps`.
+    pub fn learning_rate(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.peak * step as f64 / self.warmup_steps.max(1) as f64;
+        }
+        let decay_steps = self.total_steps.saturating_sub(self.warmup_steps).max(1) as f64;
+        let progress = ((step - self.warmup_steps) as f64 / decay_steps).min(1.0);
+        match self.kind {
+            ScheduleKind::Constant => self.peak,
+            ScheduleKind::Linear => self.peak * (1.0 - progress),
+            ScheduleKind::Cosine => {
+                self.peak * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedule(kind: ScheduleKind) -> Schedule {
+        Schedule {
+            kind,
+            peak: 1.0,
+            warmup_steps: 10,
+            total_steps: 110,
+        }
+    }
+
+    #[test]
+    fn linear_warms_up_then_decays_to_zero() {
+        let s = schedule(ScheduleKind::Linear);
+        assert_eq!(s.learning_rate(0), 0.0);
+        assert!((s.learning_rate(5) - 0.5).abs() < 1e-12);
+        assert!((s.learning_rate(10) - 1.0).abs() < 1e-12);
+        assert!((s.learning_rate(60) - 0.5).abs() < 1e-12);
+        assert!(s.learning_rate(110).abs() < 1e-12);
+        assert!(s.learning_rate(500).abs() < 1e-12);
+    }
+
+    #[test]
+    fn cosine_and_constant() {
+        let c = schedule(ScheduleKind::Cosine);
+        assert!((c.learning_rate(60) - 0.5).abs() < 1e-12);
+        assert!(c.learning_rate(110).abs() < 1e-12);
+        let k = schedule(ScheduleKind::Constant);
+        assert_eq!(k.learning_rate(100), 1.0);
+        assert!((k.learning_rate(3) - 0.3).abs() < 1e-12);
+    }
+}
