@@ -48,9 +48,14 @@ impl CustomOp1 for Gelu {
         y.par_chunks_mut(CHUNK)
             .zip(x.par_chunks(CHUNK))
             .for_each(|(yc, xc)| {
-                for (o, &v) in yc.iter_mut().zip(xc) {
-                    *o = math::gelu(v);
-                }
+                math::simd(
+                    #[inline(always)]
+                    || {
+                        for (o, &v) in yc.iter_mut().zip(xc) {
+                            *o = math::gelu(v);
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -65,9 +70,14 @@ impl CustomOp1 for Gelu {
                     .zip(x.par_chunks(CHUNK))
                     .zip(dy.par_chunks(CHUNK))
                     .for_each(|((o, xc), gc)| {
-                        for ((o, &v), &g) in o.iter_mut().zip(xc).zip(gc) {
-                            *o = g * math::gelu_grad(v);
-                        }
+                        math::simd(
+                            #[inline(always)]
+                            || {
+                                for ((o, &v), &g) in o.iter_mut().zip(xc).zip(gc) {
+                                    *o = g * math::gelu_grad(v);
+                                }
+                            },
+                        )
                     });
                 Ok(dx)
             })
