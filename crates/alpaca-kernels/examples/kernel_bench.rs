@@ -45,6 +45,11 @@ fn main() -> Result<()> {
     let b = Tensor::randn(0f32, 1.0, 1536, &dev)?;
     let w = Tensor::randn(1f32, 0.1, 1536, &dev)?;
 
+    let base = time(it, &[&x], &|t| t[0].affine(1.0, 0.0))?;
+    println!(
+        "(harness floor: affine + sum + backward on the same tensor: {:.2} ms)",
+        base * 1e3
+    );
     let ours = time(it, &[&x], &|t| k::gelu(&t[0]))?;
     let theirs = time(it, &[&x], &|t| t[0].gelu_erf())?;
     report("gelu", ours, theirs);

@@ -113,46 +113,6 @@ pub(crate) fn max(xs: &[f32]) -> f32 {
     m
 }
 
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn exp_matches_std() {
-        let mut worst = 0.0f32;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let rel = ((super::exp(x) - x.exp()) / x.exp()).abs();
-            worst = worst.max(rel);
-            x += 0.0137;
-        }
-        assert!(worst < 3e-7, "worst relative error {worst}");
-    }
-
-    #[test]
-    fn cdf_matches_erf() {
-        // Φ(x) via f64 erfc from a high-accuracy series is not in std; compare to a
-        // numerical integral of φ instead.
-        let mut worst = 0.0f64;
-        for i in -600..=600 {
-            let x = i as f64 / 100.0;
-            // Simpson integral of φ from -12 to x.
-            let n = 20_000;
-            let a = -12.0;
-            let h = (x - a) / n as f64;
-            let phi = |t: f64| (-0.5 * t * t).exp() / (2.0 * std::f64::consts::PI).sqrt();
-            let mut s = phi(a) + phi(x);
-            for k in 1..n {
-                let w = if k % 2 == 1 { 4.0 } else { 2.0 };
-                s += w * phi(a + k as f64 * h);
-            }
-            let exact = s * h / 3.0;
-            let (cdf, pdf) = super::normal_cdf_pdf(x as f32);
-            worst = worst.max((cdf as f64 - exact).abs());
-            assert!((pdf as f64 - phi(x)).abs() < 1e-7);
-        }
-        assert!(worst < 4e-7, "worst abs error {worst}");
-    }
-}
-
 /// Runs `f` compiled for the widest SIMD this CPU has (AVX-512 / AVX2+FMA / baseline).
 /// `f` must be a small `#[inline(always)]` closure around the hot loop so that LLVM inlines
 /// it into the target-feature wrapper and vectorises it with the wider registers. Results
@@ -199,4 +159,44 @@ unsafe fn run_avx512<R>(f: impl FnOnce() -> R) -> R {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn run_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_matches_std() {
+        let mut worst = 0.0f32;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let rel = ((super::exp(x) - x.exp()) / x.exp()).abs();
+            worst = worst.max(rel);
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+    }
+
+    #[test]
+    fn cdf_matches_erf() {
+        // Φ(x) via f64 erfc from a high-accuracy series is not in std; compare to a
+        // numerical integral of φ instead.
+        let mut worst = 0.0f64;
+        for i in -600..=600 {
+            let x = i as f64 / 100.0;
+            // Simpson integral of φ from -12 to x.
+            let n = 20_000;
+            let a = -12.0;
+            let h = (x - a) / n as f64;
+            let phi = |t: f64| (-0.5 * t * t).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            let mut s = phi(a) + phi(x);
+            for k in 1..n {
+                let w = if k % 2 == 1 { 4.0 } else { 2.0 };
+                s += w * phi(a + k as f64 * h);
+            }
+            let exact = s * h / 3.0;
+            let (cdf, pdf) = super::normal_cdf_pdf(x as f32);
+            worst = worst.max((cdf as f64 - exact).abs());
+            assert!((pdf as f64 - phi(x)).abs() < 1e-7);
+        }
+        assert!(worst < 4e-7, "worst abs error {worst}");
+    }
 }
