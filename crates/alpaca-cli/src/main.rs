@@ -26,12 +26,40 @@ enum Command {
     /// Run a fine-tuned model on new input.
     #[command(subcommand)]
     Predict(PredictCommand),
+    /// Measure speed on this machine.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Time the reference training step (MiniLM-shaped BERT, 9 labels, batch 16 x 128, AdamW).
+    /// The last line printed is `median_s_per_step=<seconds>`.
+    Step(BenchStepArgs),
+}
+
+#[derive(Args)]
+struct BenchStepArgs {
+    /// fp32 or bf16
+    #[arg(long, default_value = "fp32")]
+    precision: String,
+    /// Measured steps (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    #[arg(long, default_value_t = 16)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    seq_len: usize,
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
 enum TrainCommand {
     /// Named-entity recognition on CoNLL column files.
-    Ner(NerArgs),
+    Ner(Box<NerArgs>),
 }
 
 #[derive(Subcommand)]
@@ -146,6 +174,10 @@ struct PredictNerArgs {
     batch_size: usize,
     #[arg(long)]
     threads: Option<usize>,
+    /// Instead of entities, write the input ids, mask and logits as JSON to this file (for
+    /// comparing with transformers: scripts/check_hf_logits.py).
+    #[arg(long)]
+    logits_json: Option<PathBuf>,
     /// Texts to tag; without any (and without --file), lines are read from stdin.
     texts: Vec<String>,
 }
@@ -199,6 +231,11 @@ fn predict_ner(args: PredictNerArgs) -> Result<()> {
     alpaca_train::threads::set_threads(args.threads);
     let predictor = alpaca_train::ner_predict::NerPredictor::load(&args.model)?;
     let texts = read_texts(&args)?;
+    if let Some(path) = &args.logits_json {
+        let value = predictor.logits_json(&texts)?;
+        alpaca_track::write_json_atomic(path, &value)?;
+        return Ok(());
+    }
     let results = predictor.predict(&texts, args.batch_size)?;
     for (line, entities) in results.iter().enumerate() {
         for entity in entities {
@@ -210,11 +247,26 @@ fn predict_ner(args: PredictNerArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_step(args: BenchStepArgs) -> Result<()> {
+    let result = alpaca_train::bench::run_step_bench(&alpaca_train::bench::StepBenchOptions {
+        steps: args.steps,
+        warmup: args.warmup,
+        batch_size: args.batch_size,
+        seq_len: args.seq_len,
+        threads: args.threads,
+        precision: args.precision,
+    })?;
+    println!("{}", serde_json::to_string(&result)?);
+    println!("median_s_per_step={:.4}", result.median_s);
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(TrainCommand::Ner(args)) => train_ner(args),
+        Command::Train(TrainCommand::Ner(args)) => train_ner(*args),
         Command::Predict(PredictCommand::Ner(args)) => predict_ner(args),
+        Command::Bench(BenchCommand::Step(args)) => bench_step(args),
     };
     if let Err(error) = result {
         eprintln!("alpaca: error: {error:#}");

