@@ -53,7 +53,7 @@ def main():
     print(json.dumps({"threads": args.threads, "precision": args.precision, "steps": args.steps,
                       "median_s": median, "min_s": min(times), "max_s": max(times),
                       "gflop_per_s": gflop / median, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "final_loss": float(loss), "torch": torch.__version__}))
+                      "final_loss": float(loss.detach()), "torch": torch.__version__}))
     print(f"median_s_per_step={median:.4f}")
 
 
