@@ -252,3 +252,39 @@ fn same_seed_gives_the_same_loss_curve() {
     assert_eq!(first, curve(3, "b"));
     assert_ne!(first, curve(4, "c"));
 }
+
+#[test]
+fn early_stopping_keeps_the_best_epoch() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("sample.txt");
+    sample(&conll_dir().join("train.txt"), 20, &data);
+    let sentences = read_conll(&data).unwrap();
+    let words: BTreeSet<String> = sentences
+        .iter()
+        .flat_map(|s| s.words.iter().map(|w| w.to_lowercase()))
+        .collect();
+    let labels = alpaca_data::labels::LabelSet::from_sentences(&sentences)
+        .labels()
+        .to_vec();
+    write_tiny_model(&words, labels, &work.path().join("tiny"));
+    // With a zero learning rate the dev F1 never improves after the first epoch.
+    let config = config(&format!(
+        "model = {:?}\ntrain = {:?}\ndev = {:?}\noutput = {:?}\nepochs = 10\nlr = 0.0\npatience = 2\nskip_baseline = true\n",
+        work.path().join("tiny/model"),
+        data,
+        data,
+        work.path().join("run")
+    ));
+    let report = alpaca_train::ner::train(&config).unwrap();
+    assert_eq!(report.epochs.len(), 3);
+    assert!(report.stopped_early);
+    assert_eq!(report.best_epoch, Some(1));
+    let events = std::fs::read_to_string(work.path().join("run/metrics.jsonl")).unwrap();
+    assert_eq!(
+        events
+            .lines()
+            .filter(|l| l.contains("\"event\":\"checkpoint\""))
+            .count(),
+        1
+    );
+}
