@@ -14,6 +14,7 @@ pub mod cross_entropy;
 pub mod dropout;
 pub mod gelu;
 pub mod layer_norm;
+pub mod linear;
 pub(crate) mod math;
 pub mod softmax;
 pub(crate) mod util;
@@ -23,6 +24,7 @@ pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
 pub use gelu::{bias_gelu, gelu};
 pub use layer_norm::layer_norm;
+pub use linear::{linear, linear_no_bias};
 pub use softmax::masked_softmax;
 
 /// Which SIMD extensions this CPU offers at runtime, for the CLI's startup line,

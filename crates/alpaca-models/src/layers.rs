@@ -34,22 +34,17 @@ impl Linear {
     /// `x Wᵀ` without the bias, for callers that fuse the bias into the next op.
     /// x: [..., in] → [..., out]
     pub fn forward_without_bias(&self, x: &Tensor) -> Result<Tensor> {
-        let dims = x.dims().to_vec();
-        let in_features = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_features;
-        let y = x
-            .reshape((rows, in_features))?
-            .matmul(&self.weight.as_tensor().t()?)?;
-        let mut out_dims = dims;
-        *out_dims.last_mut().expect("x has at least one dim") = y.dim(1)?;
-        Ok(y.reshape(out_dims)?)
+        Ok(alpaca_kernels::linear_no_bias(x, self.weight.as_tensor())?)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.forward_without_bias(x)?;
         match &self.bias {
-            Some(bias) => Ok(y.broadcast_add(bias.as_tensor())?),
-            None => Ok(y),
+            Some(bias) => Ok(alpaca_kernels::linear(
+                x,
+                self.weight.as_tensor(),
+                bias.as_tensor(),
+            )?),
+            None => self.forward_without_bias(x),
         }
     }
 }

@@ -32,6 +32,10 @@ pub struct StepBenchResult {
     pub precision: String,
     pub steps: usize,
     pub median_s: f64,
+    /// Medians of the three phases of a step.
+    pub forward_s: f64,
+    pub backward_s: f64,
+    pub optimizer_s: f64,
     pub min_s: f64,
     pub max_s: f64,
     pub gflop_per_step: f64,
@@ -81,6 +85,18 @@ pub fn peak_rss_mb() -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The median of `values` (mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let middle = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[middle]
+    } else {
+        (sorted[middle - 1] + sorted[middle]) / 2.0
+    }
+}
+
 pub fn run_step_bench(options: &StepBenchOptions) -> Result<StepBenchResult> {
     let threads = crate::threads::set_threads(options.threads);
     let precision = match options.precision.as_str() {
@@ -112,6 +128,7 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<StepBenchResult> {
     let mask = Tensor::ones((batch, length), candle_core::DType::F32, &device)?;
     let targets = Tensor::from_vec(targets, batch * length, &device)?;
     let mut times = Vec::new();
+    let mut phases: [Vec<f64>; 3] = Default::default();
     let mut final_loss = 0.0;
     for step in 0..options.warmup + options.steps {
         let started = Instant::now();
@@ -121,16 +138,21 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<StepBenchResult> {
             &targets,
             -100,
         )?;
+        let forward_done = started.elapsed().as_secs_f64();
         let gradients = loss.backward()?;
         let gradients: Vec<Option<Tensor>> = optimizer
             .parameters()
             .map(|v| gradients.get(v.as_tensor()).cloned())
             .collect();
+        let backward_done = started.elapsed().as_secs_f64();
         optimizer.step(&gradients, 5e-5, 1.0)?;
         final_loss = loss.to_scalar::<f32>()?;
         let seconds = started.elapsed().as_secs_f64();
         if step >= options.warmup {
             times.push(seconds);
+            phases[0].push(forward_done);
+            phases[1].push(backward_done - forward_done);
+            phases[2].push(seconds - backward_done);
         }
         eprintln!(
             "step {step}: {seconds:.3}s loss {final_loss:.4}{}",
@@ -142,17 +164,17 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<StepBenchResult> {
         );
     }
     times.sort_by(f64::total_cmp);
-    let median = if times.len() % 2 == 1 {
-        times[times.len() / 2]
-    } else {
-        (times[times.len() / 2 - 1] + times[times.len() / 2]) / 2.0
-    };
+    let median_of = median;
+    let median = median_of(&times);
     let flops = step_flops(&config, labels.len(), batch, length);
     Ok(StepBenchResult {
         threads,
         precision: precision.to_string(),
         steps: options.steps,
         median_s: median,
+        forward_s: median_of(&phases[0]),
+        backward_s: median_of(&phases[1]),
+        optimizer_s: median_of(&phases[2]),
         min_s: times[0],
         max_s: times[times.len() - 1],
         gflop_per_step: flops / 1e9,

@@ -1,0 +1,279 @@
+//! Linear layer `y = x Wᵀ + b` with HF's weight layout W: [out, in], as one GEMM call each way.
+//!
+//! Why not `x.matmul(&w.t())` + `broadcast_add`: candle's backward for that chain transposes the
+//! weight gradient back (a strided copy), sums the bias gradient single-threaded and allocates
+//! several temporaries. Here the transposes are only strides handed to `gemm`, the bias is
+//! written into the output before the GEMM accumulates onto it, and the bias gradient is a
+//! parallel column sum.
+//!
+//! Shapes: x [..., in] viewed as [N, in]; W [out, in]; b [out]; y [..., out].
+
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
+
+/// `x Wᵀ + b`.
+pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    check(x, weight, Some(bias))?;
+    x.contiguous()?
+        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)
+}
+
+/// `x Wᵀ` (for callers that fuse the bias into the next op, e.g. bias+GELU).
+pub fn linear_no_bias(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
+    check(x, weight, None)?;
+    x.contiguous()?
+        .apply_op2(&weight.contiguous()?, LinearNoBias)
+}
+
+fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<()> {
+    const OP: &str = "linear";
+    check_f32_cpu(OP, "x", x)?;
+    check_f32_cpu(OP, "weight", weight)?;
+    let (out_features, in_features) = weight.dims2()?;
+    if x.dims().last() != Some(&in_features) {
+        bail!(
+            "{OP}: x {:?} must end in the weight's input size {in_features} (weight {:?})",
+            x.shape(),
+            weight.shape()
+        )
+    }
+    if let Some(bias) = bias {
+        check_f32_cpu(OP, "bias", bias)?;
+        if bias.dims() != [out_features] {
+            bail!(
+                "{OP}: bias must have shape [{out_features}], got {:?}",
+                bias.shape()
+            )
+        }
+    }
+    Ok(())
+}
+
+fn output_shape(x: &Layout, out_features: usize) -> Shape {
+    let mut dims = x.shape().dims().to_vec();
+    *dims.last_mut().expect("x has a last dim") = out_features;
+    Shape::from(dims)
+}
+
+fn parallelism() -> gemm::Parallelism {
+    match rayon::current_num_threads() {
+        0 | 1 => gemm::Parallelism::None,
+        n => gemm::Parallelism::Rayon(n),
+    }
+}
+
+/// dst[m, n] (row-major, contiguous) = accumulate·dst + Σ_k lhs[m, k] · rhs[k, n], with the
+/// operands given by (row stride, column stride) so transposes cost nothing.
+#[allow(clippy::too_many_arguments)]
+fn gemm_into(
+    dst: &mut [f32],
+    (m, n, k): (usize, usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    assert!(dst.len() >= m * n, "gemm_into: destination too small");
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(k == 0 || n == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the asserts above keep every index gemm computes from these strides inside the
+    // slices; dst is exclusively borrowed and does not alias lhs or rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    }
+}
+
+/// y [N, out] = x [N, in] · Wᵀ (+ b broadcast over rows).
+fn forward(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    in_features: usize,
+    out_features: usize,
+) -> Vec<f32> {
+    let rows = x.len() / in_features;
+    let mut y = match bias {
+        Some(b) => {
+            let mut y = Vec::with_capacity(rows * out_features);
+            for _ in 0..rows {
+                y.extend_from_slice(b);
+            }
+            y
+        }
+        None => vec![0.0; rows * out_features],
+    };
+    // Wᵀ as a [in, out] matrix: element (i, o) is weight[o·in + i].
+    gemm_into(
+        &mut y,
+        (rows, out_features, in_features),
+        bias.is_some(),
+        x,
+        (in_features, 1),
+        weight,
+        (1, in_features),
+    );
+    y
+}
+
+/// dx [N, in] = dy [N, out] · W [out, in]
+/// dW [out, in] = dyᵀ [out, N] · x [N, in]
+/// db [out] = Σ_n dy[n, :]
+fn backward(
+    x: &Tensor,
+    weight: &Tensor,
+    dy: &Tensor,
+    with_bias: bool,
+) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    const OP: &str = "linear backward";
+    let (out_features, in_features) = weight.dims2()?;
+    with_f32(OP, x, |xs| {
+        with_f32(OP, weight, |ws| {
+            with_f32(OP, dy, |dys| {
+                let rows = xs.len() / in_features;
+                let mut dx = vec![0.0f32; rows * in_features];
+                gemm_into(
+                    &mut dx,
+                    (rows, in_features, out_features),
+                    false,
+                    dys,
+                    (out_features, 1),
+                    ws,
+                    (in_features, 1),
+                );
+                let mut dw = vec![0.0f32; out_features * in_features];
+                gemm_into(
+                    &mut dw,
+                    (out_features, in_features, rows),
+                    false,
+                    dys,
+                    (1, out_features),
+                    xs,
+                    (in_features, 1),
+                );
+                let db = with_bias.then(|| column_sums(dys, out_features));
+                let dx = tensor_from(dx, x.shape())?;
+                let dw = tensor_from(dw, (out_features, in_features))?;
+                let db = db.map(|db| tensor_from(db, out_features)).transpose()?;
+                Ok((dx, dw, db))
+            })
+        })
+    })
+}
+
+/// Σ over rows of a row-major [N, C] matrix, in parallel over blocks of rows.
+fn column_sums(values: &[f32], columns: usize) -> Vec<f32> {
+    let rows_per_block = 64;
+    values
+        .par_chunks(rows_per_block * columns)
+        .map(|block| {
+            let mut sums = vec![0.0f32; columns];
+            for row in block.chunks_exact(columns) {
+                for (s, &v) in sums.iter_mut().zip(row) {
+                    *s += v;
+                }
+            }
+            sums
+        })
+        .reduce(
+            || vec![0.0f32; columns],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += y;
+                }
+                a
+            },
+        )
+}
+
+struct Linear;
+
+impl CustomOp3 for Linear {
+    fn name(&self) -> &'static str {
+        "alpaca-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(self.name(), s1, l1)?;
+        let w = slice_f32(self.name(), s2, l2)?;
+        let b = slice_f32(self.name(), s3, l3)?;
+        let (out_features, in_features) = l2.shape().dims2()?;
+        let y = forward(x, w, Some(b), in_features, out_features);
+        Ok((CpuStorage::F32(y), output_shape(l1, out_features)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _bias: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, db) = backward(x, weight, dy, true)?;
+        Ok((Some(dx), Some(dw), db))
+    }
+}
+
+struct LinearNoBias;
+
+impl CustomOp2 for LinearNoBias {
+    fn name(&self) -> &'static str {
+        "alpaca-linear-no-bias"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(self.name(), s1, l1)?;
+        let w = slice_f32(self.name(), s2, l2)?;
+        let (out_features, in_features) = l2.shape().dims2()?;
+        let y = forward(x, w, None, in_features, out_features);
+        Ok((CpuStorage::F32(y), output_shape(l1, out_features)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        weight: &Tensor,
+        _y: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (dx, dw, _) = backward(x, weight, dy, false)?;
+        Ok((Some(dx), Some(dw)))
+    }
+}
