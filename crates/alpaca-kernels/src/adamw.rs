@@ -130,12 +130,19 @@ impl InplaceOp2 for AdamW<'_> {
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
             .for_each(|(((p, g), m), v)| {
-                for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                    *m = b1 * *m + c1 * g;
-                    *v = b2 * *v + c2 * g * g;
-                    let denom = v.sqrt() * inv_sqrt_bc2 + eps;
-                    *p = *p * decay - step_size * *m / denom;
-                }
+                crate::math::simd(
+                    #[inline(always)]
+                    || {
+                        for (((p, &g), m), v) in
+                            p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                        {
+                            *m = b1 * *m + c1 * g;
+                            *v = b2 * *v + c2 * g * g;
+                            let denom = v.sqrt() * inv_sqrt_bc2 + eps;
+                            *p = *p * decay - step_size * *m / denom;
+                        }
+                    },
+                )
             });
         Ok(())
     }

@@ -89,12 +89,17 @@ impl CustomOp3 for LayerNorm {
         y.par_chunks_mut(rows * c)
             .zip(x.par_chunks(rows * c))
             .for_each(|(yb, xb)| {
-                for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
-                    let (mean, rstd) = row_stats(xr, self.eps);
-                    for (((yo, &xi), &wi), &bi) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                        *yo = (xi - mean) * rstd * wi + bi;
-                    }
-                }
+                math::simd(
+                    #[inline(always)]
+                    || {
+                        for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
+                            let (mean, rstd) = row_stats(xr, self.eps);
+                            for (((yo, &xi), &wi), &bi) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                                *yo = (xi - mean) * rstd * wi + bi;
+                            }
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -139,35 +144,40 @@ fn layer_norm_bwd(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Vec<f32>, Vec<
         .zip(x.par_chunks(rows * c))
         .zip(dy.par_chunks(rows * c))
         .map(|((dxb, xb), dyb)| {
-            let mut dw = vec![0.0f32; c];
-            let mut db = vec![0.0f32; c];
-            let mut dxhat = vec![0.0f32; c];
-            let mut xhat = vec![0.0f32; c];
-            for ((dxr, xr), dyr) in dxb
-                .chunks_exact_mut(c)
-                .zip(xb.chunks_exact(c))
-                .zip(dyb.chunks_exact(c))
-            {
-                let (mean, rstd) = row_stats(xr, eps);
-                // Re-slice to length c so the index loop has no bounds checks.
-                let (xr, dyr, w) = (&xr[..c], &dyr[..c], &w[..c]);
-                let (xhat, dxhat) = (&mut xhat[..c], &mut dxhat[..c]);
-                let (dw, db) = (&mut dw[..c], &mut db[..c]);
-                for i in 0..c {
-                    let (xh, g) = ((xr[i] - mean) * rstd, dyr[i]);
-                    xhat[i] = xh;
-                    dxhat[i] = g * w[i];
-                    dw[i] += g * xh;
-                    db[i] += g;
-                }
-                let inv_c = 1.0 / c as f32;
-                let mean_dxhat = math::sum(dxhat) * inv_c;
-                let mean_dxhat_xhat = math::dot(dxhat, xhat) * inv_c;
-                for ((o, &dh), &xh) in dxr.iter_mut().zip(dxhat.iter()).zip(xhat.iter()) {
-                    *o = rstd * (dh - mean_dxhat - xh * mean_dxhat_xhat);
-                }
-            }
-            (dw, db)
+            math::simd(
+                #[inline(always)]
+                || {
+                    let mut dw = vec![0.0f32; c];
+                    let mut db = vec![0.0f32; c];
+                    let mut dxhat = vec![0.0f32; c];
+                    let mut xhat = vec![0.0f32; c];
+                    for ((dxr, xr), dyr) in dxb
+                        .chunks_exact_mut(c)
+                        .zip(xb.chunks_exact(c))
+                        .zip(dyb.chunks_exact(c))
+                    {
+                        let (mean, rstd) = row_stats(xr, eps);
+                        // Re-slice to length c so the index loop has no bounds checks.
+                        let (xr, dyr, w) = (&xr[..c], &dyr[..c], &w[..c]);
+                        let (xhat, dxhat) = (&mut xhat[..c], &mut dxhat[..c]);
+                        let (dw, db) = (&mut dw[..c], &mut db[..c]);
+                        for i in 0..c {
+                            let (xh, g) = ((xr[i] - mean) * rstd, dyr[i]);
+                            xhat[i] = xh;
+                            dxhat[i] = g * w[i];
+                            dw[i] += g * xh;
+                            db[i] += g;
+                        }
+                        let inv_c = 1.0 / c as f32;
+                        let mean_dxhat = math::sum(dxhat) * inv_c;
+                        let mean_dxhat_xhat = math::dot(dxhat, xhat) * inv_c;
+                        for ((o, &dh), &xh) in dxr.iter_mut().zip(dxhat.iter()).zip(xhat.iter()) {
+                            *o = rstd * (dh - mean_dxhat - xh * mean_dxhat_xhat);
+                        }
+                    }
+                    (dw, db)
+                },
+            )
         })
         .reduce(
             || (vec![0.0f32; c], vec![0.0f32; c]),

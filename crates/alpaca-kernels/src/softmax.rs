@@ -72,29 +72,36 @@ impl CustomOp2 for MaskedSoftmax {
             .zip(s.par_chunks(rows * k))
             .enumerate()
             .for_each(|(task, (yb, sb))| {
-                let mut v = vec![0.0f32; k];
-                for (i, (yr, sr)) in yb.chunks_exact_mut(k).zip(sb.chunks_exact(k)).enumerate() {
-                    let row = task * rows + i;
-                    let mr = &mask[(row / rows_per_batch) * k..][..k];
-                    for ((vo, &si), &mi) in v.iter_mut().zip(sr).zip(mr) {
-                        *vo = if mi != 0.0 {
-                            si * scale
-                        } else {
-                            f32::NEG_INFINITY
-                        };
-                    }
-                    let m = math::max(&v);
-                    if m == f32::NEG_INFINITY {
-                        yr.fill(0.0); // every key padded
-                        continue;
-                    }
-                    for ((o, &vi), &mi) in yr.iter_mut().zip(&v).zip(mr) {
-                        let e = math::exp(vi - m);
-                        *o = if mi != 0.0 { e } else { 0.0 };
-                    }
-                    let inv = 1.0 / math::sum(yr);
-                    yr.iter_mut().for_each(|o| *o *= inv);
-                }
+                math::simd(
+                    #[inline(always)]
+                    || {
+                        let mut v = vec![0.0f32; k];
+                        for (i, (yr, sr)) in
+                            yb.chunks_exact_mut(k).zip(sb.chunks_exact(k)).enumerate()
+                        {
+                            let row = task * rows + i;
+                            let mr = &mask[(row / rows_per_batch) * k..][..k];
+                            for ((vo, &si), &mi) in v.iter_mut().zip(sr).zip(mr) {
+                                *vo = if mi != 0.0 {
+                                    si * scale
+                                } else {
+                                    f32::NEG_INFINITY
+                                };
+                            }
+                            let m = math::max(&v);
+                            if m == f32::NEG_INFINITY {
+                                yr.fill(0.0); // every key padded
+                                continue;
+                            }
+                            for ((o, &vi), &mi) in yr.iter_mut().zip(&v).zip(mr) {
+                                let e = math::exp(vi - m);
+                                *o = if mi != 0.0 { e } else { 0.0 };
+                            }
+                            let inv = 1.0 / math::sum(yr);
+                            yr.iter_mut().for_each(|o| *o *= inv);
+                        }
+                    },
+                )
             });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
@@ -119,16 +126,21 @@ impl CustomOp2 for MaskedSoftmax {
                     .zip(y.par_chunks(rows * k))
                     .zip(dy.par_chunks(rows * k))
                     .for_each(|((db, yb), gb)| {
-                        for ((dr, yr), gr) in db
-                            .chunks_exact_mut(k)
-                            .zip(yb.chunks_exact(k))
-                            .zip(gb.chunks_exact(k))
-                        {
-                            let s = math::dot(yr, gr);
-                            for ((o, &yi), &gi) in dr.iter_mut().zip(yr).zip(gr) {
-                                *o = scale * yi * (gi - s);
-                            }
-                        }
+                        math::simd(
+                            #[inline(always)]
+                            || {
+                                for ((dr, yr), gr) in db
+                                    .chunks_exact_mut(k)
+                                    .zip(yb.chunks_exact(k))
+                                    .zip(gb.chunks_exact(k))
+                                {
+                                    let s = math::dot(yr, gr);
+                                    for ((o, &yi), &gi) in dr.iter_mut().zip(yr).zip(gr) {
+                                        *o = scale * yi * (gi - s);
+                                    }
+                                }
+                            },
+                        )
                     });
                 Ok(ds)
             })
