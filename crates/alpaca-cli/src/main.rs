@@ -36,6 +36,25 @@ enum BenchCommand {
     /// Time the reference training step (MiniLM-shaped BERT, 9 labels, batch 16 x 128, AdamW).
     /// The last line printed is `median_s_per_step=<seconds>`.
     Step(BenchStepArgs),
+    /// Time NER prediction (sentences/s) of a fine-tuned model on a CoNLL file.
+    Predict(BenchPredictArgs),
+}
+
+#[derive(Args)]
+struct BenchPredictArgs {
+    /// A fine-tuned token-classification model (e.g. runs/<name>/best).
+    #[arg(long)]
+    model: String,
+    /// CoNLL file whose sentences are tagged (the tags are ignored).
+    #[arg(long)]
+    file: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// How many sentences from the start of the file.
+    #[arg(long, default_value_t = 500)]
+    sentences: usize,
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -261,12 +280,25 @@ fn bench_step(args: BenchStepArgs) -> Result<()> {
     Ok(())
 }
 
+fn bench_predict(args: BenchPredictArgs) -> Result<()> {
+    let result = alpaca_train::bench::run_predict_bench(
+        &args.model,
+        &args.file,
+        args.batch_size,
+        args.sentences,
+        args.threads,
+    )?;
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(TrainCommand::Ner(args)) => train_ner(*args),
         Command::Predict(PredictCommand::Ner(args)) => predict_ner(args),
         Command::Bench(BenchCommand::Step(args)) => bench_step(args),
+        Command::Bench(BenchCommand::Predict(args)) => bench_predict(args),
     };
     if let Err(error) = result {
         eprintln!("alpaca: error: {error:#}");

@@ -114,9 +114,11 @@ pub fn word_starts(encoded: &Encoded) -> Vec<Option<usize>> {
 }
 
 /// The tokenizer's own truncation would cut words in half and its padding would defeat
-/// dynamic padding, so both are switched off; the clone happens only when one is set.
+/// dynamic padding, so both are switched off. The clone (a copy of the whole vocabulary) happens
+/// only when one of them would change a single encoding; callers that encode many texts
+/// should pass a tokenizer prepared with [`prepare_tokenizer`].
 fn without_truncation_or_padding(tokenizer: &Tokenizer) -> Result<Cow<'_, Tokenizer>> {
-    if tokenizer.get_truncation().is_none() && tokenizer.get_padding().is_none() {
+    if tokenizer.get_truncation().is_none() && tokenizer.get_padding().is_none_or(pads_nothing) {
         return Ok(Cow::Borrowed(tokenizer));
     }
     let mut plain = tokenizer.clone();
@@ -125,6 +127,27 @@ fn without_truncation_or_padding(tokenizer: &Tokenizer) -> Result<Cow<'_, Tokeni
         .map_err(|error| DataError::Tokenizer(error.to_string()))?;
     plain.with_padding(None);
     Ok(Cow::Owned(plain))
+}
+
+/// Padding to the longest of a batch leaves a single encoding as it is.
+fn pads_nothing(padding: &tokenizers::PaddingParams) -> bool {
+    matches!(padding.strategy, tokenizers::PaddingStrategy::BatchLongest)
+        && padding.pad_to_multiple_of.is_none()
+}
+
+/// Switches off the tokenizer's truncation, and turns fixed-length padding into
+/// pad-to-longest (which leaves single encodings alone) while keeping the pad token and id
+/// for the batch collator. Done once at load time, so that encoding does not copy the
+/// tokenizer for every text.
+pub fn prepare_tokenizer(tokenizer: &mut Tokenizer) -> Result<()> {
+    tokenizer
+        .with_truncation(None)
+        .map_err(|error| DataError::Tokenizer(error.to_string()))?;
+    if let Some(padding) = tokenizer.get_padding_mut() {
+        padding.strategy = tokenizers::PaddingStrategy::BatchLongest;
+        padding.pad_to_multiple_of = None;
+    }
+    Ok(())
 }
 
 fn encode_with(

@@ -106,6 +106,52 @@ fn gemm_into(
     }
 }
 
+/// Up to this many rows, `forward` uses dot products instead of gemm: gemm packs the whole
+/// weight matrix on every call, which for a single short sentence (prediction at batch 1)
+/// costs as much as the multiplication itself.
+const SMALL_ROWS: usize = 32;
+
+/// y [N, out] = x [N, in] · Wᵀ (+ b), one dot product per (row, output), parallel over blocks
+/// of outputs so each weight row is read once for all N input rows.
+fn forward_small(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    in_features: usize,
+    out_features: usize,
+) -> Vec<f32> {
+    let rows = x.len() / in_features;
+    let block = 64;
+    // Computed transposed ([out, N]) so that each task owns a contiguous block.
+    let mut transposed = vec![0.0f32; out_features * rows];
+    transposed
+        .par_chunks_mut(block * rows)
+        .enumerate()
+        .for_each(|(task, out_block)| {
+            crate::math::simd(
+                #[inline(always)]
+                || {
+                    for (offset, y_column) in out_block.chunks_exact_mut(rows).enumerate() {
+                        let o = task * block + offset;
+                        let w_row = &weight[o * in_features..(o + 1) * in_features];
+                        let b = bias.map_or(0.0, |b| b[o]);
+                        for (n, y) in y_column.iter_mut().enumerate() {
+                            let x_row = &x[n * in_features..(n + 1) * in_features];
+                            *y = crate::math::dot(x_row, w_row) + b;
+                        }
+                    }
+                },
+            )
+        });
+    let mut y = vec![0.0f32; rows * out_features];
+    for (o, column) in transposed.chunks_exact(rows).enumerate() {
+        for (n, &value) in column.iter().enumerate() {
+            y[n * out_features + o] = value;
+        }
+    }
+    y
+}
+
 /// y [N, out] = x [N, in] · Wᵀ (+ b broadcast over rows).
 fn forward(
     x: &[f32],
@@ -115,6 +161,9 @@ fn forward(
     out_features: usize,
 ) -> Vec<f32> {
     let rows = x.len() / in_features;
+    if rows <= SMALL_ROWS {
+        return forward_small(x, weight, bias, in_features, out_features);
+    }
     let mut y = match bias {
         Some(b) => {
             let mut y = Vec::with_capacity(rows * out_features);

@@ -194,3 +194,72 @@ mod tests {
         assert!((gflop - 137.8).abs() < 1.0, "{gflop}");
     }
 }
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PredictBenchResult {
+    pub threads: usize,
+    pub batch_size: usize,
+    pub sentences: usize,
+    pub seconds: f64,
+    pub sentences_per_s: f64,
+    pub words_per_s: f64,
+}
+
+/// NER prediction throughput: words of CoNLL sentences → tokenised, padded batch → forward →
+/// arg-max tag per word, in file order, `batch_size` sentences at a time. Model loading is not
+/// timed; one batch is run first as a warm-up. bench/torch_predict.py is the PyTorch twin.
+pub fn run_predict_bench(
+    model: &str,
+    conll: &std::path::Path,
+    batch_size: usize,
+    sentences: usize,
+    threads: Option<usize>,
+) -> Result<PredictBenchResult> {
+    use alpaca_data::align::{encode_words, word_starts};
+    use alpaca_data::batch::collate;
+    let threads = crate::threads::set_threads(threads);
+    if batch_size == 0 || sentences == 0 {
+        bail!("--batch-size and --sentences must be at least 1");
+    }
+    let dir = alpaca_models::ModelDir::open(model)?;
+    let (model, _) = BertForTokenClassification::load(&dir, None, 0)?;
+    let tokenizer = crate::ner::load_tokenizer(&dir, model.bert.config.vocab_size)?;
+    let pad = crate::ner::pad_id(&tokenizer);
+    let mut data = alpaca_data::conll::read_conll(conll)?;
+    data.truncate(sentences);
+    let run = |chunk: &[alpaca_data::conll::Sentence]| -> Result<usize> {
+        let encoded = chunk
+            .iter()
+            .map(|s| encode_words(&tokenizer, &s.words, None, 128))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let references: Vec<_> = encoded.iter().collect();
+        let indices: Vec<usize> = (0..chunk.len()).collect();
+        let batch = collate(&references, &indices, pad);
+        let (ids, types, mask, _) = crate::ner::batch_tensors(&batch)?;
+        let logits = model.forward(&ids, &types, &mask, Mode::EVAL)?;
+        let best = logits.argmax(2)?.to_vec2::<u32>()?;
+        let mut tagged = 0;
+        for (row, example) in encoded.iter().enumerate() {
+            for start in word_starts(example).into_iter().flatten() {
+                let _tag = &model.labels[best[row][start] as usize];
+                tagged += 1;
+            }
+        }
+        Ok(tagged)
+    };
+    run(&data[..batch_size.min(data.len())])?;
+    let started = Instant::now();
+    let mut words = 0;
+    for chunk in data.chunks(batch_size) {
+        words += run(chunk)?;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(PredictBenchResult {
+        threads,
+        batch_size,
+        sentences: data.len(),
+        seconds,
+        sentences_per_s: data.len() as f64 / seconds,
+        words_per_s: words as f64 / seconds,
+    })
+}

@@ -32,8 +32,9 @@ pub struct Split {
 /// Loads `tokenizer.json` from a model directory, checking it fits the model's vocabulary.
 pub fn load_tokenizer(dir: &ModelDir, vocab_size: usize) -> Result<Tokenizer> {
     let path = dir.require("tokenizer.json")?;
-    let tokenizer = Tokenizer::from_file(&path)
+    let mut tokenizer = Tokenizer::from_file(&path)
         .map_err(|e| anyhow::anyhow!("{}: cannot load tokenizer: {e}", path.display()))?;
+    alpaca_data::align::prepare_tokenizer(&mut tokenizer)?;
     let tokens = tokenizer.get_vocab_size(true);
     if tokens > vocab_size {
         bail!(
