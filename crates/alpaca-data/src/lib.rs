@@ -10,9 +10,11 @@ pub mod batch;
 pub mod conll;
 pub mod error;
 pub mod labels;
+pub mod text_classification;
 
 pub use align::{encode_sentences, encode_words, word_starts, Encoded, IGNORE_INDEX};
 pub use batch::{collate, length_grouped_order, sequential_order, sorted_by_length_order, Batch};
 pub use conll::{parse_conll, parse_conll_bytes, read_conll, Sentence};
 pub use error::{DataError, Result};
 pub use labels::{check_scheme, convert_scheme, LabelSet};
+pub use text_classification::{read_labelled_texts, Columns, LabelledText};

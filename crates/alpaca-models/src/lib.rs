@@ -8,15 +8,18 @@
 pub mod bert;
 pub mod checkpoint;
 pub mod error;
+pub mod head;
 pub mod hub;
 pub mod layers;
 pub mod parameters;
+pub mod sequence_classification;
 pub mod token_classification;
 
 pub use bert::{BertConfig, BertModel};
 pub use checkpoint::{LoadReport, ModelDir};
 pub use error::{ModelError, Result};
 pub use parameters::Parameters;
+pub use sequence_classification::BertForSequenceClassification;
 pub use token_classification::BertForTokenClassification;
 
 /// Whether a forward pass is for training (dropout on) and which seed drives its dropout masks.

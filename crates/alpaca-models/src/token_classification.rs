@@ -6,20 +6,16 @@
 use std::path::Path;
 
 use candle_core::Tensor;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use crate::bert::{BertConfig, BertModel};
-use crate::checkpoint::{
-    copy_tokenizer_files, save_safetensors, write_dir_atomic, Init, LoadReport, ModelDir,
-    WeightLoader,
-};
+use crate::checkpoint::{LoadReport, ModelDir, WeightLoader};
 use crate::error::{ModelError, Result};
+pub use crate::head::labels_from_config;
+use crate::head::{classifier, config_with_labels, head_labels, save_checkpoint, BODY_ROOTS};
 use crate::layers::{dropout, Linear};
 use crate::parameters::Parameters;
 use crate::Mode;
-
-/// The roots of a bare encoder's parameter names, which we store under `bert.`.
-const BODY_ROOTS: [&str; 3] = ["embeddings.", "encoder.", "pooler."];
 
 pub struct BertForTokenClassification {
     pub bert: BertModel,
@@ -28,20 +24,6 @@ pub struct BertForTokenClassification {
     pub parameters: Parameters,
     /// config.json as read, so keys we do not model survive a save.
     config_json: Value,
-}
-
-/// The label list stored in a checkpoint's id2label, if it has one.
-pub fn labels_from_config(config: &Value) -> Option<Vec<String>> {
-    let map = config.get("id2label")?.as_object()?;
-    let mut pairs: Vec<(usize, String)> = map
-        .iter()
-        .filter_map(|(k, v)| Some((k.parse().ok()?, v.as_str()?.to_string())))
-        .collect();
-    pairs.sort();
-    if pairs.iter().enumerate().any(|(i, (k, _))| *k != i) {
-        return None;
-    }
-    Some(pairs.into_iter().map(|(_, v)| v).collect())
 }
 
 impl BertForTokenClassification {
@@ -57,25 +39,16 @@ impl BertForTokenClassification {
         let config: BertConfig = serde_json::from_value(config_json.clone()).map_err(|e| {
             ModelError::checkpoint(dir.file("config.json"), format!("not a BERT config: {e}"))
         })?;
-        let saved_labels = labels_from_config(&config_json);
         let mut loader =
             WeightLoader::new(&dir.file("model.safetensors"), dir.load_weights()?, seed);
         loader.add_prefix("bert", &BODY_ROOTS);
-        let (labels, reuse_head) = match (labels, saved_labels) {
-            (Some(wanted), Some(saved)) => {
-                let same = wanted == saved;
-                (wanted, same)
-            }
-            (Some(wanted), None) => (wanted, false),
-            (None, Some(saved)) if loader.has("classifier.weight") => (saved, true),
-            (None, _) => {
-                return Err(ModelError::checkpoint(
-                    dir.file("config.json"),
-                    "this checkpoint has no token-classification head (no id2label and classifier.weight); \
-                     fine-tune it first with `alpaca train ner`",
-                ))
-            }
-        };
+        let (labels, reuse_head) = head_labels(
+            dir,
+            &config_json,
+            &loader,
+            labels,
+            ("token-classification", "alpaca train ner"),
+        )?;
         Self::build(loader, config, config_json, labels, reuse_head)
     }
 
@@ -94,23 +67,13 @@ impl BertForTokenClassification {
         reuse_head: bool,
     ) -> Result<(Self, LoadReport)> {
         let bert = BertModel::load(&mut loader, "bert", &config)?;
-        let shape_w = [labels.len(), config.hidden_size];
-        let init = Init::Normal(config.initializer_range);
-        let classifier = if reuse_head {
-            Linear {
-                weight: loader.take("classifier.weight", &shape_w, init)?,
-                bias: Some(loader.take("classifier.bias", &[labels.len()], Init::Zeros)?),
-            }
-        } else {
-            Linear {
-                weight: loader.fresh_parameter("classifier.weight", &shape_w, init)?,
-                bias: Some(loader.fresh_parameter(
-                    "classifier.bias",
-                    &[labels.len()],
-                    Init::Zeros,
-                )?),
-            }
-        };
+        let classifier = classifier(
+            &mut loader,
+            labels.len(),
+            config.hidden_size,
+            config.initializer_range,
+            reuse_head,
+        )?;
         let (parameters, report) = loader.finish();
         Ok((
             Self {
@@ -146,47 +109,21 @@ impl BertForTokenClassification {
 
     /// config.json as transformers writes it for this model.
     pub fn config_for_saving(&self) -> Value {
-        let mut config = match self.config_json.clone() {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        };
-        let id2label: Map<String, Value> = self
-            .labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (i.to_string(), json!(l)))
-            .collect();
-        let label2id: Map<String, Value> = self
-            .labels
-            .iter()
-            .enumerate()
-            .map(|(i, l)| (l.clone(), json!(i)))
-            .collect();
-        config.insert(
-            "architectures".into(),
-            json!(["BertForTokenClassification"]),
-        );
-        config.insert("model_type".into(), json!("bert"));
-        config.insert("id2label".into(), Value::Object(id2label));
-        config.insert("label2id".into(), Value::Object(label2id));
-        config.remove("_name_or_path");
-        Value::Object(config)
+        config_with_labels(
+            &self.config_json,
+            &self.labels,
+            "BertForTokenClassification",
+        )
     }
 
     /// Writes `target` in HF layout (replacing it atomically), copying the tokenizer files
     /// from `tokenizer_dir`.
     pub fn save(&self, target: &Path, tokenizer_dir: &Path) -> Result<()> {
-        write_dir_atomic(target, |dir| {
-            save_safetensors(&dir.join("model.safetensors"), &self.parameters.tensors())?;
-            let config = serde_json::to_string_pretty(&self.config_for_saving())
-                .expect("JSON values serialise");
-            std::fs::write(dir.join("config.json"), config + "\n").map_err(|source| {
-                ModelError::Io {
-                    path: dir.join("config.json"),
-                    source,
-                }
-            })?;
-            copy_tokenizer_files(tokenizer_dir, dir)
-        })
+        save_checkpoint(
+            target,
+            tokenizer_dir,
+            &self.parameters,
+            &self.config_for_saving(),
+        )
     }
 }

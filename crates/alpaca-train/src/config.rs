@@ -102,6 +102,73 @@ pub struct NerConfig {
     pub skip_baseline: bool,
 }
 
+fn default_text_column() -> String {
+    "text".into()
+}
+fn default_label_column() -> String {
+    "label".into()
+}
+
+/// Everything `alpaca train classify` needs; the keys shared with [`NerConfig`] mean the same.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyConfig {
+    /// A model directory in HF layout or a hub id in the local HF cache.
+    pub model: String,
+    /// Orange .tab, .csv, .tsv or .jsonl files (format by extension).
+    pub train: PathBuf,
+    pub dev: Option<PathBuf>,
+    pub test: Option<PathBuf>,
+    /// The run directory (`runs/<name>`).
+    pub output: PathBuf,
+    /// The CSV/TSV column or JSON field holding the text (.tab: the named column, else the
+    /// first string column).
+    #[serde(default = "default_text_column")]
+    pub text_column: String,
+    /// The CSV/TSV column or JSON field holding the label (.tab: the named column, else the
+    /// one flagged `class`).
+    #[serde(default = "default_label_column")]
+    pub label_column: String,
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    /// Sub-tokens per text incl. [CLS] and [SEP]; longer texts are cut at the end.
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default = "default_warmup")]
+    pub warmup_ratio: f64,
+    #[serde(default = "default_schedule")]
+    pub schedule: ScheduleKind,
+    #[serde(default = "default_one")]
+    pub gradient_accumulation: usize,
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Stop after this many epochs without a better dev accuracy (none: never stop early).
+    #[serde(default)]
+    pub patience: Option<usize>,
+    /// Use only the first N training examples.
+    #[serde(default)]
+    pub max_train_examples: Option<usize>,
+    /// Use only the first N dev/test examples.
+    #[serde(default)]
+    pub max_eval_examples: Option<usize>,
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub skip_baseline: bool,
+}
+
 /// Merges `overrides` (flag values) onto the TOML file at `config_file`, then reads the
 /// result as a config. Errors name the file and the key.
 pub fn resolve<T: for<'de> Deserialize<'de>>(

@@ -5,7 +5,11 @@
 //! the best checkpoint, stops early, and writes the before/after report.
 
 pub mod bench;
+pub mod classify;
+pub mod classify_predict;
+pub mod classify_report;
 pub mod config;
+pub mod inputs;
 pub mod ner;
 pub mod ner_predict;
 pub mod optimizer;
@@ -13,4 +17,4 @@ pub mod report;
 pub mod schedule;
 pub mod threads;
 
-pub use config::NerConfig;
+pub use config::{ClassifyConfig, NerConfig};

@@ -1,0 +1,493 @@
+//! Text classification: fine-tune a BERT sequence classifier (one label per text) on Orange
+//! .tab, CSV/TSV or JSONL files. The loop mirrors `ner::train`: the same config keys,
+//! optimiser, schedule, checkpointing and before/after report.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use alpaca_data::align::{Encoded, IGNORE_INDEX};
+use alpaca_data::batch::{collate, length_grouped_order, sorted_by_length_order, Batch};
+use alpaca_data::text_classification::{label_ids, label_list, read_labelled_texts, Columns};
+use alpaca_data::LabelledText;
+use alpaca_eval::classification::classification_report;
+use alpaca_models::{BertForSequenceClassification, Mode, ModelDir};
+use alpaca_track::{progress_bar, write_atomic, write_json_atomic, MetricsLog, Throughput};
+use anyhow::{anyhow, bail, Context, Result};
+use candle_core::{Device, Tensor};
+use serde_json::json;
+use tokenizers::{Tokenizer, TruncationParams};
+
+use crate::classify_report::{
+    ClassifyEpochRecord, ClassifyEvaluation, ClassifyReport, ClassifySplitReport,
+};
+use crate::config::ClassifyConfig;
+use crate::inputs::{batch_tensors, load_tokenizer, pad_id};
+use crate::optimizer::{clip_scale, global_norm, AdamW};
+use crate::schedule::Schedule;
+
+/// A labelled split, read and encoded.
+pub struct TextSplit {
+    pub name: String,
+    pub path: PathBuf,
+    pub examples: Vec<LabelledText>,
+    /// Index into the label list of each example's gold label.
+    pub label_ids: Vec<usize>,
+    pub encoded: Vec<Encoded>,
+}
+
+/// Tokenizes texts as `[CLS] text [SEP]`, cut to `max_len` sub-tokens (the end of a long text
+/// is dropped, as transformers' truncation does). Returns the encodings and how many texts
+/// were cut.
+pub fn encode_texts(
+    tokenizer: &Tokenizer,
+    texts: &[&str],
+    max_len: usize,
+) -> Result<(Vec<Encoded>, usize)> {
+    if max_len < 3 {
+        bail!("max_len must be at least 3 ([CLS], one token, [SEP])");
+    }
+    let mut tokenizer = tokenizer.clone();
+    // A tokenizer.json may carry its own padding (to a fixed length); batches pad themselves.
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(Some(TruncationParams {
+            max_length: max_len,
+            ..Default::default()
+        }))
+        .map_err(|e| anyhow!("cannot set truncation: {e}"))?;
+    let encodings = tokenizer
+        .encode_batch(texts.to_vec(), true)
+        .map_err(|e| anyhow!("tokenizer failed: {e}"))?;
+    let mut truncated = 0;
+    let encoded = encodings
+        .into_iter()
+        .map(|encoding| {
+            if !encoding.get_overflowing().is_empty() {
+                truncated += 1;
+            }
+            let len = encoding.get_ids().len();
+            Encoded {
+                input_ids: encoding.get_ids().to_vec(),
+                type_ids: encoding.get_type_ids().to_vec(),
+                // The label is per text, not per token: batches take it from `label_ids`.
+                labels: vec![IGNORE_INDEX; len],
+                word_ids: vec![None; len],
+                words_kept: 0,
+            }
+        })
+        .collect();
+    Ok((encoded, truncated))
+}
+
+/// The gold label ids of a batch's rows as an i64 tensor.
+fn batch_targets(batch: &Batch, label_ids: &[usize]) -> Result<Tensor> {
+    let targets: Vec<i64> = batch.indices.iter().map(|&i| label_ids[i] as i64).collect();
+    Ok(Tensor::from_vec(targets, batch.batch_size, &Device::Cpu)?)
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map(|(i, _)| i)
+        .unwrap_or(0)
+}
+
+/// Runs the model over a split: mean loss, the classification report, predicted label ids.
+pub fn evaluate(
+    model: &BertForSequenceClassification,
+    split: &TextSplit,
+    batch_size: usize,
+    pad: u32,
+    title: &str,
+) -> Result<(ClassifyEvaluation, Vec<usize>)> {
+    let lengths: Vec<usize> = split.encoded.iter().map(Encoded::len).collect();
+    let order = sorted_by_length_order(&lengths, batch_size);
+    let bar = progress_bar(order.len() as u64, title);
+    let mut predictions = vec![0; split.examples.len()];
+    let mut loss_sum = 0.0f64;
+    for indices in &order {
+        let examples: Vec<&Encoded> = indices.iter().map(|&i| &split.encoded[i]).collect();
+        let batch = collate(&examples, indices, pad);
+        let (ids, types, mask, _) = batch_tensors(&batch)?;
+        let targets = batch_targets(&batch, &split.label_ids)?;
+        let logits = model.forward(&ids, &types, &mask, Mode::EVAL)?;
+        let loss =
+            alpaca_kernels::cross_entropy(&logits, &targets, IGNORE_INDEX)?.to_scalar::<f32>()?;
+        loss_sum += loss as f64 * batch.batch_size as f64;
+        for (row, scores) in logits.to_vec2::<f32>()?.iter().enumerate() {
+            predictions[batch.indices[row]] = argmax(scores);
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let labels = &model.labels;
+    let gold: Vec<&String> = split.label_ids.iter().map(|&i| &labels[i]).collect();
+    let predicted: Vec<&String> = predictions.iter().map(|&i| &labels[i]).collect();
+    let report = classification_report(&gold, &predicted, labels).map_err(anyhow::Error::msg)?;
+    Ok((
+        ClassifyEvaluation {
+            loss: loss_sum / split.examples.len().max(1) as f64,
+            examples: split.examples.len(),
+            report,
+        },
+        predictions,
+    ))
+}
+
+fn read_split(path: &Path, limit: Option<usize>, columns: Columns) -> Result<Vec<LabelledText>> {
+    let mut examples = read_labelled_texts(path, columns)?;
+    if let Some(limit) = limit {
+        examples.truncate(limit);
+    }
+    Ok(examples)
+}
+
+fn encode_split(
+    name: &str,
+    path: &Path,
+    examples: Vec<LabelledText>,
+    labels: &[String],
+    tokenizer: &Tokenizer,
+    max_len: usize,
+) -> Result<(TextSplit, usize)> {
+    let ids = label_ids(&examples, labels, path)?;
+    let texts: Vec<&str> = examples.iter().map(|e| e.text.as_str()).collect();
+    let (encoded, truncated) = encode_texts(tokenizer, &texts, max_len)?;
+    Ok((
+        TextSplit {
+            name: name.to_string(),
+            path: path.to_path_buf(),
+            examples,
+            label_ids: ids,
+            encoded,
+        },
+        truncated,
+    ))
+}
+
+/// Fine-tunes, evaluates and writes the run directory. Returns the report (also printed by
+/// the CLI).
+pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
+    let threads = crate::threads::set_threads(config.threads);
+    if config.batch_size == 0 || config.gradient_accumulation == 0 || config.epochs == 0 {
+        bail!("batch_size, gradient_accumulation and epochs must be at least 1");
+    }
+    let run = &config.output;
+    std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
+    let config_text = toml::to_string_pretty(config).context("config serialises")?;
+    write_atomic(&run.join("config.toml"), config_text.as_bytes())?;
+    let mut metrics = MetricsLog::open(&run.join("metrics.jsonl"))?;
+
+    // Data: the label set comes from the training file, sorted.
+    let columns = Columns {
+        text: &config.text_column,
+        label: &config.label_column,
+    };
+    let train_examples =
+        read_split(&config.train, config.max_train_examples, columns).context("training file")?;
+    let labels = label_list(&train_examples);
+    if labels.len() < 2 {
+        bail!(
+            "{}: the training data has {} label(s); classification needs at least 2",
+            config.train.display(),
+            labels.len()
+        );
+    }
+    let mut eval_examples = Vec::new();
+    for (name, path) in [("dev", &config.dev), ("test", &config.test)] {
+        if let Some(path) = path {
+            let examples = read_split(path, config.max_eval_examples, columns)
+                .with_context(|| format!("{name} file"))?;
+            // Checked before the model loads, so a bad label fails fast.
+            label_ids(&examples, &labels, path).with_context(|| format!("{name} file"))?;
+            eval_examples.push((name, path.clone(), examples));
+        }
+    }
+
+    // Model and tokenizer.
+    let dir = ModelDir::open(&config.model)?;
+    let (mut model, load_report) =
+        BertForSequenceClassification::load(&dir, Some(labels.clone()), config.seed)?;
+    let tokenizer = load_tokenizer(&dir, model.bert.config.vocab_size)?;
+    let max_len = config
+        .max_len
+        .min(model.bert.config.max_position_embeddings);
+    let pad = pad_id(&tokenizer);
+    eprintln!(
+        "alpaca: {} ({} parameters), {} labels, {threads} threads, {}",
+        dir.path.display(),
+        model.parameters.count(),
+        labels.len(),
+        alpaca_kernels::cpu_features()
+    );
+    let summary = load_report.summary();
+    if !summary.is_empty() {
+        eprintln!("{summary}");
+    }
+    metrics.log(
+        "load",
+        json!({"model": config.model, "report": load_report}),
+    )?;
+
+    let (train_split, mut truncated) = encode_split(
+        "train",
+        &config.train,
+        train_examples,
+        &labels,
+        &tokenizer,
+        max_len,
+    )?;
+    let mut eval_splits = Vec::new();
+    for (name, path, examples) in eval_examples {
+        let (split, cut) = encode_split(name, &path, examples, &labels, &tokenizer, max_len)?;
+        truncated += cut;
+        eval_splits.push(split);
+    }
+
+    // Before fine-tuning: the fresh head, so the report shows what training bought.
+    let mut before = Vec::new();
+    for split in &eval_splits {
+        let evaluation = if config.skip_baseline {
+            None
+        } else {
+            let (evaluation, _) = evaluate(
+                &model,
+                split,
+                config.eval_batch_size,
+                pad,
+                &format!("{} before", split.name),
+            )?;
+            log_evaluation(&mut metrics, &split.name, "before", 0, &evaluation)?;
+            Some(evaluation)
+        };
+        before.push(evaluation);
+    }
+
+    // Training.
+    let lengths: Vec<usize> = train_split.encoded.iter().map(Encoded::len).collect();
+    let batches_per_epoch = lengths.len().div_ceil(config.batch_size);
+    let steps_per_epoch = batches_per_epoch.div_ceil(config.gradient_accumulation);
+    let total_steps = steps_per_epoch * config.epochs;
+    let schedule = Schedule {
+        kind: config.schedule,
+        peak: config.lr,
+        warmup_steps: (config.warmup_ratio * total_steps as f64).round() as usize,
+        total_steps,
+    };
+    let mut optimizer = AdamW::new(&model.parameters, config.weight_decay);
+    let parameter_count = optimizer.parameters().count();
+    let best_dir = run.join("best");
+    let dev_index = eval_splits.iter().position(|s| s.name == "dev");
+    let mut best_score = f64::NEG_INFINITY;
+    let mut best_epoch = None;
+    let mut epochs_without_gain = 0;
+    let mut stopped_early = false;
+    let mut epoch_records = Vec::new();
+    let mut micro_batch = 0u64;
+
+    for epoch in 1..=config.epochs {
+        let order = length_grouped_order(&lengths, config.batch_size, config.seed + epoch as u64);
+        let bar = progress_bar(order.len() as u64, &format!("epoch {epoch}"));
+        let mut throughput = Throughput::new();
+        let started = Instant::now();
+        let mut accumulated: Vec<Option<Tensor>> = vec![None; parameter_count];
+        let mut pending = 0usize;
+        let (mut epoch_loss, mut epoch_batches) = (0.0f64, 0usize);
+        let mut window_loss = (0.0f64, 0usize);
+        for (batch_index, indices) in order.iter().enumerate() {
+            let examples: Vec<&Encoded> =
+                indices.iter().map(|&i| &train_split.encoded[i]).collect();
+            let batch = collate(&examples, indices, pad);
+            let (ids, types, mask, _) = batch_tensors(&batch)?;
+            let targets = batch_targets(&batch, &train_split.label_ids)?;
+            micro_batch += 1;
+            let logits =
+                model.forward(&ids, &types, &mask, Mode::train(config.seed ^ micro_batch))?;
+            let loss = alpaca_kernels::cross_entropy(&logits, &targets, IGNORE_INDEX)?;
+            let loss_value = loss.to_scalar::<f32>()? as f64;
+            let scaled = if config.gradient_accumulation > 1 {
+                loss.affine(1.0 / config.gradient_accumulation as f64, 0.0)?
+            } else {
+                loss
+            };
+            let gradients = scaled.backward()?;
+            for (slot, var) in accumulated.iter_mut().zip(optimizer.parameters()) {
+                if let Some(gradient) = gradients.get(var.as_tensor()) {
+                    *slot = Some(match slot.take() {
+                        Some(sum) => (sum + gradient)?,
+                        None => gradient.clone(),
+                    });
+                }
+            }
+            drop(gradients);
+            pending += 1;
+            epoch_loss += loss_value;
+            epoch_batches += 1;
+            window_loss.0 += loss_value;
+            window_loss.1 += 1;
+            throughput.add(batch.attention_mask.iter().map(|&m| m as u64).sum());
+
+            let last = batch_index + 1 == order.len();
+            if pending == config.gradient_accumulation || last {
+                let step = optimizer.steps() as usize;
+                let learning_rate = schedule.learning_rate(step);
+                let norm = global_norm(&accumulated)?;
+                optimizer.step(
+                    &accumulated,
+                    learning_rate,
+                    clip_scale(norm, config.max_grad_norm),
+                )?;
+                accumulated.iter_mut().for_each(|g| *g = None);
+                pending = 0;
+                let step = step + 1;
+                if step.is_multiple_of(config.log_every.max(1)) || last {
+                    let mean = window_loss.0 / window_loss.1.max(1) as f64;
+                    let tokens_per_second = throughput.tokens_per_second();
+                    bar.set_message(format!(
+                        "loss {mean:.4} lr {learning_rate:.2e} {tokens_per_second:.0} tok/s"
+                    ));
+                    metrics.log(
+                        "train",
+                        json!({"epoch": epoch, "step": step, "loss": mean, "lr": learning_rate,
+                               "grad_norm": norm, "tokens_per_second": tokens_per_second}),
+                    )?;
+                    window_loss = (0.0, 0);
+                }
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        let seconds = started.elapsed().as_secs_f64();
+        let train_loss = epoch_loss / epoch_batches.max(1) as f64;
+
+        let mut dev_accuracy = None;
+        if let Some(index) = dev_index {
+            let (evaluation, _) = evaluate(
+                &model,
+                &eval_splits[index],
+                config.eval_batch_size,
+                pad,
+                &format!("dev {epoch}"),
+            )?;
+            log_evaluation(&mut metrics, "dev", "epoch", epoch, &evaluation)?;
+            dev_accuracy = Some(evaluation.report.accuracy);
+        }
+        let record = ClassifyEpochRecord {
+            epoch,
+            train_loss,
+            dev_accuracy,
+            seconds,
+            tokens_per_second: throughput.tokens_per_second(),
+        };
+        eprintln!(
+            "epoch {epoch}: train loss {train_loss:.4}{} in {seconds:.1}s ({:.0} tokens/s)",
+            dev_accuracy
+                .map(|a| format!(", dev accuracy {a:.4}"))
+                .unwrap_or_default(),
+            record.tokens_per_second
+        );
+        metrics.log("epoch", &record)?;
+        epoch_records.push(record);
+
+        // Without a dev set the last epoch is the one we keep.
+        let score = dev_accuracy.unwrap_or(epoch as f64);
+        if score > best_score {
+            best_score = score;
+            best_epoch = Some(epoch);
+            epochs_without_gain = 0;
+            model.save(&best_dir, &dir.path)?;
+            metrics.log(
+                "checkpoint",
+                json!({"epoch": epoch, "path": best_dir, "dev_accuracy": dev_accuracy}),
+            )?;
+        } else {
+            epochs_without_gain += 1;
+            if config.patience.is_some_and(|p| epochs_without_gain >= p) {
+                eprintln!(
+                    "no better dev accuracy for {epochs_without_gain} epochs: stopping early"
+                );
+                stopped_early = true;
+                break;
+            }
+        }
+    }
+
+    // After: reload the best checkpoint from disk (this also proves it loads).
+    let best_model_dir = ModelDir::open(best_dir.to_str().context("run path is not UTF-8")?)?;
+    let (best_model, _) = BertForSequenceClassification::load(&best_model_dir, None, config.seed)?;
+    model = best_model;
+    let mut splits = Vec::new();
+    for (split, before) in eval_splits.iter().zip(before) {
+        let (after, predictions) = evaluate(
+            &model,
+            split,
+            config.eval_batch_size,
+            pad,
+            &format!("{} after", split.name),
+        )?;
+        log_evaluation(&mut metrics, &split.name, "after", 0, &after)?;
+        write_predictions(
+            &run.join(format!("predictions-{}.tsv", split.name)),
+            split,
+            &predictions,
+            &labels,
+        )?;
+        splits.push(ClassifySplitReport {
+            split: split.name.clone(),
+            before,
+            after,
+        });
+    }
+    let report = ClassifyReport {
+        model: config.model.clone(),
+        output: run.display().to_string(),
+        labels,
+        parameters: model.parameters.count(),
+        threads,
+        epochs: epoch_records,
+        best_epoch,
+        stopped_early,
+        truncated_texts: truncated,
+        splits,
+    };
+    write_json_atomic(&run.join("report.json"), &report)?;
+    write_atomic(&run.join("report.md"), report.to_markdown().as_bytes())?;
+    Ok(report)
+}
+
+fn log_evaluation(
+    metrics: &mut MetricsLog,
+    split: &str,
+    stage: &str,
+    epoch: usize,
+    evaluation: &ClassifyEvaluation,
+) -> Result<()> {
+    let report = &evaluation.report;
+    metrics.log(
+        "eval",
+        json!({"split": split, "stage": stage, "epoch": epoch, "loss": evaluation.loss,
+               "accuracy": report.accuracy, "macro_f1": report.macro_avg.f1,
+               "weighted_f1": report.weighted.f1}),
+    )?;
+    Ok(())
+}
+
+/// `line<TAB>gold<TAB>predicted` per example, for error analysis.
+fn write_predictions(
+    path: &Path,
+    split: &TextSplit,
+    predictions: &[usize],
+    labels: &[String],
+) -> Result<()> {
+    let mut text = format!("# {}\nline\tgold\tpredicted\n", split.path.display());
+    for ((example, &gold), &predicted) in
+        split.examples.iter().zip(&split.label_ids).zip(predictions)
+    {
+        text.push_str(&format!(
+            "{}\t{}\t{}\n",
+            example.line, labels[gold], labels[predicted]
+        ));
+    }
+    Ok(write_atomic(path, text.as_bytes())?)
+}
