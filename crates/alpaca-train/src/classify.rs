@@ -3,7 +3,6 @@
 //! optimiser, schedule, checkpointing and before/after report.
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use alpaca_data::align::{Encoded, IGNORE_INDEX};
 use alpaca_data::batch::{collate, length_grouped_order, sorted_by_length_order, Batch};
@@ -11,7 +10,7 @@ use alpaca_data::text_classification::{label_ids, label_list, read_labelled_text
 use alpaca_data::LabelledText;
 use alpaca_eval::classification::classification_report;
 use alpaca_models::{BertForSequenceClassification, Mode, ModelDir};
-use alpaca_track::{progress_bar, write_atomic, write_json_atomic, MetricsLog, Throughput};
+use alpaca_track::{progress_bar, write_atomic, write_json_atomic, MetricsLog};
 use anyhow::{anyhow, bail, Context, Result};
 use candle_core::{Device, Tensor};
 use serde_json::json;
@@ -21,8 +20,9 @@ use crate::classify_report::{
     ClassifyEpochRecord, ClassifyEvaluation, ClassifyReport, ClassifySplitReport,
 };
 use crate::config::ClassifyConfig;
+use crate::epoch::{train_epoch, EpochSettings};
 use crate::inputs::{batch_tensors, load_tokenizer, pad_id};
-use crate::optimizer::{clip_scale, global_norm, AdamW};
+use crate::optimizer::AdamW;
 use crate::schedule::Schedule;
 
 /// A labelled split, read and encoded.
@@ -276,7 +276,6 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
         total_steps,
     };
     let mut optimizer = AdamW::new(&model.parameters, config.weight_decay);
-    let parameter_count = optimizer.parameters().count();
     let best_dir = run.join("best");
     let dev_index = eval_splits.iter().position(|s| s.name == "dev");
     let mut best_score = f64::NEG_INFINITY;
@@ -288,78 +287,32 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
 
     for epoch in 1..=config.epochs {
         let order = length_grouped_order(&lengths, config.batch_size, config.seed + epoch as u64);
-        let bar = progress_bar(order.len() as u64, &format!("epoch {epoch}"));
-        let mut throughput = Throughput::new();
-        let started = Instant::now();
-        let mut accumulated: Vec<Option<Tensor>> = vec![None; parameter_count];
-        let mut pending = 0usize;
-        let (mut epoch_loss, mut epoch_batches) = (0.0f64, 0usize);
-        let mut window_loss = (0.0f64, 0usize);
-        for (batch_index, indices) in order.iter().enumerate() {
-            let examples: Vec<&Encoded> =
-                indices.iter().map(|&i| &train_split.encoded[i]).collect();
-            let batch = collate(&examples, indices, pad);
-            let (ids, types, mask, _) = batch_tensors(&batch)?;
-            let targets = batch_targets(&batch, &train_split.label_ids)?;
-            micro_batch += 1;
-            let logits =
-                model.forward(&ids, &types, &mask, Mode::train(config.seed ^ micro_batch))?;
-            let loss = alpaca_kernels::cross_entropy(&logits, &targets, IGNORE_INDEX)?;
-            let loss_value = loss.to_scalar::<f32>()? as f64;
-            let scaled = if config.gradient_accumulation > 1 {
-                loss.affine(1.0 / config.gradient_accumulation as f64, 0.0)?
-            } else {
-                loss
-            };
-            let gradients = scaled.backward()?;
-            for (slot, var) in accumulated.iter_mut().zip(optimizer.parameters()) {
-                if let Some(gradient) = gradients.get(var.as_tensor()) {
-                    *slot = Some(match slot.take() {
-                        Some(sum) => (sum + gradient)?,
-                        None => gradient.clone(),
-                    });
-                }
-            }
-            drop(gradients);
-            pending += 1;
-            epoch_loss += loss_value;
-            epoch_batches += 1;
-            window_loss.0 += loss_value;
-            window_loss.1 += 1;
-            throughput.add(batch.attention_mask.iter().map(|&m| m as u64).sum());
-
-            let last = batch_index + 1 == order.len();
-            if pending == config.gradient_accumulation || last {
-                let step = optimizer.steps() as usize;
-                let learning_rate = schedule.learning_rate(step);
-                let norm = global_norm(&accumulated)?;
-                optimizer.step(
-                    &accumulated,
-                    learning_rate,
-                    clip_scale(norm, config.max_grad_norm),
-                )?;
-                accumulated.iter_mut().for_each(|g| *g = None);
-                pending = 0;
-                let step = step + 1;
-                if step.is_multiple_of(config.log_every.max(1)) || last {
-                    let mean = window_loss.0 / window_loss.1.max(1) as f64;
-                    let tokens_per_second = throughput.tokens_per_second();
-                    bar.set_message(format!(
-                        "loss {mean:.4} lr {learning_rate:.2e} {tokens_per_second:.0} tok/s"
-                    ));
-                    metrics.log(
-                        "train",
-                        json!({"epoch": epoch, "step": step, "loss": mean, "lr": learning_rate,
-                               "grad_norm": norm, "tokens_per_second": tokens_per_second}),
-                    )?;
-                    window_loss = (0.0, 0);
-                }
-            }
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        let seconds = started.elapsed().as_secs_f64();
-        let train_loss = epoch_loss / epoch_batches.max(1) as f64;
+        let settings = EpochSettings {
+            epoch,
+            gradient_accumulation: config.gradient_accumulation,
+            max_grad_norm: config.max_grad_norm,
+            log_every: config.log_every,
+            seed: config.seed,
+        };
+        let outcome = train_epoch(
+            &mut optimizer,
+            &schedule,
+            settings,
+            &order,
+            &mut micro_batch,
+            &mut metrics,
+            |indices, mode| {
+                let examples: Vec<&Encoded> =
+                    indices.iter().map(|&i| &train_split.encoded[i]).collect();
+                let batch = collate(&examples, indices, pad);
+                let (ids, types, mask, _) = batch_tensors(&batch)?;
+                let targets = batch_targets(&batch, &train_split.label_ids)?;
+                let logits = model.forward(&ids, &types, &mask, mode)?;
+                let loss = alpaca_kernels::cross_entropy(&logits, &targets, IGNORE_INDEX)?;
+                Ok((loss, batch.attention_mask.iter().map(|&m| m as u64).sum()))
+            },
+        )?;
+        let (seconds, train_loss) = (outcome.seconds, outcome.train_loss);
 
         let mut dev_accuracy = None;
         if let Some(index) = dev_index {
@@ -378,7 +331,7 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
             train_loss,
             dev_accuracy,
             seconds,
-            tokens_per_second: throughput.tokens_per_second(),
+            tokens_per_second: outcome.tokens_per_second,
         };
         eprintln!(
             "epoch {epoch}: train loss {train_loss:.4}{} in {seconds:.1}s ({:.0} tokens/s)",

@@ -9,6 +9,7 @@ pub mod classify;
 pub mod classify_predict;
 pub mod classify_report;
 pub mod config;
+pub mod epoch;
 pub mod inputs;
 pub mod ner;
 pub mod ner_predict;
