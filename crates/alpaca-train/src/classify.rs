@@ -20,7 +20,7 @@ use crate::classify_report::{
     ClassifyEpochRecord, ClassifyEvaluation, ClassifyReport, ClassifySplitReport,
 };
 use crate::config::ClassifyConfig;
-use crate::epoch::{train_epoch, EpochSettings};
+use crate::epoch::{train_epoch, BestTracker, EpochSettings, Verdict};
 use crate::inputs::{batch_tensors, load_tokenizer, pad_id};
 use crate::optimizer::AdamW;
 use crate::schedule::Schedule;
@@ -278,9 +278,7 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
     let mut optimizer = AdamW::new(&model.parameters, config.weight_decay);
     let best_dir = run.join("best");
     let dev_index = eval_splits.iter().position(|s| s.name == "dev");
-    let mut best_score = f64::NEG_INFINITY;
-    let mut best_epoch = None;
-    let mut epochs_without_gain = 0;
+    let mut tracker = BestTracker::new(config.patience);
     let mut stopped_early = false;
     let mut epoch_records = Vec::new();
     let mut micro_batch = 0u64;
@@ -344,21 +342,19 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
         epoch_records.push(record);
 
         // Without a dev set the last epoch is the one we keep.
-        let score = dev_accuracy.unwrap_or(epoch as f64);
-        if score > best_score {
-            best_score = score;
-            best_epoch = Some(epoch);
-            epochs_without_gain = 0;
-            model.save(&best_dir, &dir.path)?;
-            metrics.log(
-                "checkpoint",
-                json!({"epoch": epoch, "path": best_dir, "dev_accuracy": dev_accuracy}),
-            )?;
-        } else {
-            epochs_without_gain += 1;
-            if config.patience.is_some_and(|p| epochs_without_gain >= p) {
+        match tracker.observe(epoch, dev_accuracy.unwrap_or(epoch as f64)) {
+            Verdict::Improved => {
+                model.save(&best_dir, &dir.path)?;
+                metrics.log(
+                    "checkpoint",
+                    json!({"epoch": epoch, "path": best_dir, "dev_accuracy": dev_accuracy}),
+                )?;
+            }
+            Verdict::NoGain => {}
+            Verdict::Stop => {
                 eprintln!(
-                    "no better dev accuracy for {epochs_without_gain} epochs: stopping early"
+                    "no better dev accuracy for {} epochs: stopping early",
+                    tracker.epochs_without_gain
                 );
                 stopped_early = true;
                 break;
@@ -399,7 +395,7 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
         parameters: model.parameters.count(),
         threads,
         epochs: epoch_records,
-        best_epoch,
+        best_epoch: tracker.best_epoch,
         stopped_early,
         truncated_texts: truncated,
         splits,

@@ -116,3 +116,72 @@ pub fn train_epoch(
         tokens_per_second: throughput.tokens_per_second(),
     })
 }
+
+/// What an epoch's dev score means for the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Best so far: save the checkpoint.
+    Improved,
+    /// Not better, keep going.
+    NoGain,
+    /// Not better for `patience` epochs in a row: stop.
+    Stop,
+}
+
+/// Keeps the best dev score and counts epochs without a better one (early stopping).
+#[derive(Debug, Clone)]
+pub struct BestTracker {
+    best: f64,
+    pub best_epoch: Option<usize>,
+    pub epochs_without_gain: usize,
+    patience: Option<usize>,
+}
+
+impl BestTracker {
+    pub fn new(patience: Option<usize>) -> Self {
+        Self {
+            best: f64::NEG_INFINITY,
+            best_epoch: None,
+            epochs_without_gain: 0,
+            patience,
+        }
+    }
+
+    /// Records `score` for `epoch` (higher is better). Without a dev set pass the epoch
+    /// number, so the last epoch is the one kept.
+    pub fn observe(&mut self, epoch: usize, score: f64) -> Verdict {
+        if score > self.best {
+            self.best = score;
+            self.best_epoch = Some(epoch);
+            self.epochs_without_gain = 0;
+            return Verdict::Improved;
+        }
+        self.epochs_without_gain += 1;
+        if self
+            .patience
+            .is_some_and(|patience| self.epochs_without_gain >= patience)
+        {
+            Verdict::Stop
+        } else {
+            Verdict::NoGain
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stops_after_patience_epochs_without_gain() {
+        let mut tracker = BestTracker::new(Some(2));
+        assert_eq!(tracker.observe(1, 0.5), Verdict::Improved);
+        assert_eq!(tracker.observe(2, 0.7), Verdict::Improved);
+        assert_eq!(tracker.observe(3, 0.7), Verdict::NoGain);
+        assert_eq!(tracker.observe(4, 0.6), Verdict::Stop);
+        assert_eq!(tracker.best_epoch, Some(2));
+        let mut forever = BestTracker::new(None);
+        forever.observe(1, 1.0);
+        assert_eq!(forever.observe(2, 0.0), Verdict::NoGain);
+    }
+}

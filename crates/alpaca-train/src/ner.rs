@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::config::NerConfig;
-use crate::epoch::{train_epoch, EpochSettings};
+use crate::epoch::{train_epoch, BestTracker, EpochSettings, Verdict};
 pub use crate::inputs::{batch_tensors, load_tokenizer, pad_id};
 use crate::optimizer::AdamW;
 use crate::report::{EpochRecord, Evaluation, NerReport, SplitReport};
@@ -249,9 +249,7 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
     let mut optimizer = AdamW::new(&model.parameters, config.weight_decay);
     let best_dir = run.join("best");
     let dev_index = eval_splits.iter().position(|s| s.name == "dev");
-    let mut best_f1 = f64::NEG_INFINITY;
-    let mut best_epoch = None;
-    let mut epochs_without_gain = 0;
+    let mut tracker = BestTracker::new(config.patience);
     let mut stopped_early = false;
     let mut epoch_records = Vec::new();
     let mut micro_batch = 0u64;
@@ -323,21 +321,19 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
         epoch_records.push(record);
 
         // Without a dev set the last epoch is the one we keep.
-        let score = dev_f1.unwrap_or(epoch as f64);
-        if score > best_f1 {
-            best_f1 = score;
-            best_epoch = Some(epoch);
-            epochs_without_gain = 0;
-            model.save(&best_dir, &dir.path)?;
-            metrics.log(
-                "checkpoint",
-                json!({"epoch": epoch, "path": best_dir, "dev_entity_f1": dev_f1}),
-            )?;
-        } else {
-            epochs_without_gain += 1;
-            if config.patience.is_some_and(|p| epochs_without_gain >= p) {
+        match tracker.observe(epoch, dev_f1.unwrap_or(epoch as f64)) {
+            Verdict::Improved => {
+                model.save(&best_dir, &dir.path)?;
+                metrics.log(
+                    "checkpoint",
+                    json!({"epoch": epoch, "path": best_dir, "dev_entity_f1": dev_f1}),
+                )?;
+            }
+            Verdict::NoGain => {}
+            Verdict::Stop => {
                 eprintln!(
-                    "no better dev entity F1 for {epochs_without_gain} epochs: stopping early"
+                    "no better dev entity F1 for {} epochs: stopping early",
+                    tracker.epochs_without_gain
                 );
                 stopped_early = true;
                 break;
@@ -387,7 +383,7 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
         parameters: model.parameters.count(),
         threads,
         epochs: epoch_records,
-        best_epoch,
+        best_epoch: tracker.best_epoch,
         stopped_early,
         truncated_sentences: truncated,
         splits,
