@@ -26,9 +26,40 @@ enum Command {
     /// Run a fine-tuned model on new input.
     #[command(subcommand)]
     Predict(PredictCommand),
+    /// Re-evaluate a fine-tuned model on a labelled file of its task (NER: CoNLL; classification:
+    /// .tab/.csv/.tsv/.jsonl), chosen from the checkpoint's config.json.
+    Eval(EvalArgs),
     /// Measure speed on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// A fine-tuned model directory (e.g. runs/<name>/best).
+    #[arg(long)]
+    model: String,
+    /// The labelled file to evaluate on.
+    #[arg(long)]
+    data: PathBuf,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// NER: iob1, iob2 or bioes (default: detected from the file).
+    #[arg(long)]
+    tag_scheme: Option<String>,
+    /// Classification: CSV/TSV column or JSON field with the text.
+    #[arg(long, default_value = "text")]
+    text_column: String,
+    /// Classification: CSV/TSV column or JSON field with the label.
+    #[arg(long, default_value = "label")]
+    label_column: String,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -449,6 +480,30 @@ fn bench_predict(args: BenchPredictArgs) -> Result<()> {
     Ok(())
 }
 
+fn evaluate(args: EvalArgs) -> Result<()> {
+    alpaca_train::threads::set_threads(args.threads);
+    let tag_scheme = args
+        .tag_scheme
+        .as_deref()
+        .map(str::parse::<alpaca_eval::scheme::Scheme>)
+        .transpose()
+        .map_err(|e| anyhow::anyhow!("--tag-scheme: {e}"))?;
+    let output = alpaca_train::evaluate::evaluate_saved(&alpaca_train::evaluate::EvalOptions {
+        model: args.model,
+        data: args.data,
+        batch_size: args.batch_size.max(1),
+        max_len: args.max_len,
+        tag_scheme,
+        text_column: args.text_column,
+        label_column: args.label_column,
+    })?;
+    println!("{}", output.text);
+    if let Some(path) = &args.json {
+        alpaca_track::write_json_atomic(path, &output.json)?;
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -456,6 +511,7 @@ fn main() {
         Command::Predict(PredictCommand::Ner(args)) => predict_ner(args),
         Command::Train(TrainCommand::Classify(args)) => train_classify(*args),
         Command::Predict(PredictCommand::Classify(args)) => predict_classify(args),
+        Command::Eval(args) => evaluate(args),
         Command::Bench(BenchCommand::Step(args)) => bench_step(args),
         Command::Bench(BenchCommand::Predict(args)) => bench_predict(args),
     };

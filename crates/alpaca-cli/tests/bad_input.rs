@@ -175,3 +175,22 @@ fn predict_reports_a_model_without_a_head() {
     assert_eq!(output.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("no token-classification head"), "{stderr}");
 }
+
+#[test]
+fn eval_names_an_architecture_it_cannot_evaluate() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write(dir.path(), "test.txt", GOOD.as_bytes());
+    let output = Command::new(env!("CARGO_BIN_EXE_alpaca"))
+        .args(["eval", "--model"])
+        .arg(splade())
+        .arg("--data")
+        .arg(&data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("BertForMaskedLM has no evaluation"),
+        "{stderr}"
+    );
+}

@@ -143,7 +143,7 @@ fn read_split(path: &Path, limit: Option<usize>, columns: Columns) -> Result<Vec
     Ok(examples)
 }
 
-fn encode_split(
+pub(crate) fn encode_split(
     name: &str,
     path: &Path,
     examples: Vec<LabelledText>,

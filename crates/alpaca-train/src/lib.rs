@@ -10,6 +10,7 @@ pub mod classify_predict;
 pub mod classify_report;
 pub mod config;
 pub mod epoch;
+pub mod evaluate;
 pub mod inputs;
 pub mod ner;
 pub mod ner_predict;

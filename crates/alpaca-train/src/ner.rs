@@ -28,7 +28,7 @@ pub struct Split {
     pub encoded: Vec<Encoded>,
 }
 
-fn read_split(
+pub(crate) fn read_split(
     name: &str,
     path: &Path,
     limit: Option<usize>,

@@ -206,6 +206,26 @@ fn splade_tiny_fine_tunes_on_conll_subset_and_writes_the_run() {
     assert_eq!(config_json["id2label"]["8"], "O");
     assert!(best.join("tokenizer.json").is_file());
 
+    // `alpaca eval` on the saved model reproduces the run's test figures.
+    let test_sample = work.path().join("test-200.txt");
+    sample(&conll.join("test.txt"), 200, &test_sample);
+    let evaluation = alpaca_train::evaluate::evaluate_saved(&alpaca_train::evaluate::EvalOptions {
+        model: best.to_str().unwrap().to_string(),
+        data: test_sample,
+        batch_size: 64,
+        max_len: 128,
+        tag_scheme: None,
+        text_column: "text".into(),
+        label_column: "label".into(),
+    })
+    .unwrap();
+    let test_f1 = report.splits[1].after.entity.micro.f1;
+    assert_eq!(
+        evaluation.json["evaluation"]["entity"]["micro"]["f1"].as_f64(),
+        Some(test_f1)
+    );
+    assert!(evaluation.text.contains("micro avg"));
+
     // And it predicts: entity text is the slice of the input its offsets name.
     let predictor = alpaca_train::ner_predict::NerPredictor::load(best.to_str().unwrap()).unwrap();
     let text =
