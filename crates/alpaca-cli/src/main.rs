@@ -214,6 +214,10 @@ struct NerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     skip_baseline: bool,
+    /// Continue an interrupted run from <output>/last (weights, optimiser and loop state).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    resume: bool,
 }
 
 #[derive(Args)]
@@ -402,6 +406,10 @@ struct ClassifyArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     skip_baseline: bool,
+    /// Continue an interrupted run from <output>/last (weights, optimiser and loop state).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    resume: bool,
 }
 
 #[derive(Args)]

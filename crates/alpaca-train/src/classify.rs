@@ -23,6 +23,7 @@ use crate::config::ClassifyConfig;
 use crate::epoch::{train_epoch, BestTracker, EpochSettings, Verdict};
 use crate::inputs::{batch_tensors, load_tokenizer, pad_id};
 use crate::optimizer::AdamW;
+use crate::resume::{load_last, save_last, TrainerState};
 use crate::schedule::Schedule;
 
 /// A labelled split, read and encoded.
@@ -282,8 +283,25 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
     let mut stopped_early = false;
     let mut epoch_records = Vec::new();
     let mut micro_batch = 0u64;
+    let mut first_epoch = 1;
+    if config.resume {
+        match load_last(run, &model.parameters, &mut optimizer)? {
+            Some(state) => {
+                eprintln!("resuming {} after epoch {}", run.display(), state.epoch);
+                metrics.log("resume", json!({"after_epoch": state.epoch}))?;
+                first_epoch = state.epoch + 1;
+                micro_batch = state.micro_batch;
+                tracker = state.tracker;
+                epoch_records = state.records;
+            }
+            None => eprintln!(
+                "no checkpoint at {}: starting from epoch 1",
+                run.join("last").display()
+            ),
+        }
+    }
 
-    for epoch in 1..=config.epochs {
+    for epoch in first_epoch..=config.epochs {
         let order = length_grouped_order(&lengths, config.batch_size, config.seed + epoch as u64);
         let settings = EpochSettings {
             epoch,
@@ -342,23 +360,29 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
         epoch_records.push(record);
 
         // Without a dev set the last epoch is the one we keep.
-        match tracker.observe(epoch, dev_accuracy.unwrap_or(epoch as f64)) {
-            Verdict::Improved => {
-                model.save(&best_dir, &dir.path)?;
-                metrics.log(
-                    "checkpoint",
-                    json!({"epoch": epoch, "path": best_dir, "dev_accuracy": dev_accuracy}),
-                )?;
-            }
-            Verdict::NoGain => {}
-            Verdict::Stop => {
-                eprintln!(
-                    "no better dev accuracy for {} epochs: stopping early",
-                    tracker.epochs_without_gain
-                );
-                stopped_early = true;
-                break;
-            }
+        let verdict = tracker.observe(epoch, dev_accuracy.unwrap_or(epoch as f64));
+        if verdict == Verdict::Improved {
+            model.save(&best_dir, &dir.path)?;
+            metrics.log(
+                "checkpoint",
+                json!({"epoch": epoch, "path": best_dir, "dev_accuracy": dev_accuracy}),
+            )?;
+        }
+        let state = TrainerState {
+            epoch,
+            micro_batch,
+            optimizer_steps: optimizer.steps(),
+            tracker: tracker.clone(),
+            records: epoch_records.clone(),
+        };
+        save_last(run, &model.parameters, &optimizer, &state)?;
+        if verdict == Verdict::Stop {
+            eprintln!(
+                "no better dev accuracy for {} epochs: stopping early",
+                tracker.epochs_without_gain
+            );
+            stopped_early = true;
+            break;
         }
     }
 

@@ -22,7 +22,7 @@ pub struct ClassifySplitReport {
     pub after: ClassifyEvaluation,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ClassifyEpochRecord {
     pub epoch: usize,
     pub train_loss: f64,

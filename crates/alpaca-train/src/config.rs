@@ -100,6 +100,9 @@ pub struct NerConfig {
     /// Skip the evaluation of the fresh model before training.
     #[serde(default)]
     pub skip_baseline: bool,
+    /// Continue from `<output>/last` (weights, optimiser, loop state) when it exists.
+    #[serde(default)]
+    pub resume: bool,
 }
 
 fn default_text_column() -> String {
@@ -167,6 +170,9 @@ pub struct ClassifyConfig {
     pub threads: Option<usize>,
     #[serde(default)]
     pub skip_baseline: bool,
+    /// Continue from `<output>/last` (weights, optimiser, loop state) when it exists.
+    #[serde(default)]
+    pub resume: bool,
 }
 
 /// Merges `overrides` (flag values) onto the TOML file at `config_file`, then reads the

@@ -129,9 +129,9 @@ pub enum Verdict {
 }
 
 /// Keeps the best dev score and counts epochs without a better one (early stopping).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct BestTracker {
-    best: f64,
+    best: Option<f64>,
     pub best_epoch: Option<usize>,
     pub epochs_without_gain: usize,
     patience: Option<usize>,
@@ -140,7 +140,7 @@ pub struct BestTracker {
 impl BestTracker {
     pub fn new(patience: Option<usize>) -> Self {
         Self {
-            best: f64::NEG_INFINITY,
+            best: None,
             best_epoch: None,
             epochs_without_gain: 0,
             patience,
@@ -150,8 +150,8 @@ impl BestTracker {
     /// Records `score` for `epoch` (higher is better). Without a dev set pass the epoch
     /// number, so the last epoch is the one kept.
     pub fn observe(&mut self, epoch: usize, score: f64) -> Verdict {
-        if score > self.best {
-            self.best = score;
+        if self.best.is_none_or(|best| score > best) {
+            self.best = Some(score);
             self.best_epoch = Some(epoch);
             self.epochs_without_gain = 0;
             return Verdict::Improved;

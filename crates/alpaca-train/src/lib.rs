@@ -16,6 +16,7 @@ pub mod ner;
 pub mod ner_predict;
 pub mod optimizer;
 pub mod report;
+pub mod resume;
 pub mod schedule;
 pub mod threads;
 

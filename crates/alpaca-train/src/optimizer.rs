@@ -43,6 +43,54 @@ impl AdamW {
         self.parameters.iter().map(|(_, v)| v)
     }
 
+    /// The moment estimates as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`, torch's
+    /// names), for the resumable checkpoint.
+    pub fn state_tensors(&self) -> candle_core::Result<Vec<(String, Tensor)>> {
+        let device = candle_core::Device::Cpu;
+        let mut tensors = Vec::with_capacity(2 * self.parameters.len());
+        for (index, (name, var)) in self.parameters.iter().enumerate() {
+            let shape = var.shape().clone();
+            let first = Tensor::from_slice(&self.first_moments[index], shape.clone(), &device)?;
+            let second = Tensor::from_slice(&self.second_moments[index], shape, &device)?;
+            tensors.push((format!("exp_avg.{name}"), first));
+            tensors.push((format!("exp_avg_sq.{name}"), second));
+        }
+        Ok(tensors)
+    }
+
+    /// Restores what `state_tensors` saved and the step count; every parameter's moments
+    /// must be present with its shape.
+    pub fn load_state(
+        &mut self,
+        tensors: &std::collections::HashMap<String, Tensor>,
+        steps: u64,
+    ) -> Result<(), String> {
+        for (index, (name, var)) in self.parameters.iter().enumerate() {
+            for (prefix, target) in [
+                ("exp_avg", &mut self.first_moments[index]),
+                ("exp_avg_sq", &mut self.second_moments[index]),
+            ] {
+                let key = format!("{prefix}.{name}");
+                let tensor = tensors
+                    .get(&key)
+                    .ok_or_else(|| format!("optimizer state lacks {key}"))?;
+                if tensor.dims() != var.dims() {
+                    return Err(format!(
+                        "optimizer state {key} has shape {:?}, the parameter {:?}",
+                        tensor.dims(),
+                        var.dims()
+                    ));
+                }
+                *target = tensor
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1::<f32>())
+                    .map_err(|e| format!("{key}: {e}"))?;
+            }
+        }
+        self.step = steps;
+        Ok(())
+    }
+
     /// Number of optimiser steps taken so far.
     pub fn steps(&self) -> u64 {
         self.step

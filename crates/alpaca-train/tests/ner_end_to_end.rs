@@ -308,3 +308,50 @@ fn early_stopping_keeps_the_best_epoch() {
         1
     );
 }
+
+#[test]
+fn resumed_run_continues_exactly_like_an_uninterrupted_one() {
+    let work = tempfile::tempdir().unwrap();
+    let data = work.path().join("sample.txt");
+    sample(&conll_dir().join("train.txt"), 30, &data);
+    let sentences = read_conll(&data).unwrap();
+    let words: BTreeSet<String> = sentences
+        .iter()
+        .flat_map(|s| s.words.iter().map(|w| w.to_lowercase()))
+        .collect();
+    let labels = alpaca_data::labels::LabelSet::from_sentences(&sentences)
+        .labels()
+        .to_vec();
+    write_tiny_model(&words, labels, &work.path().join("tiny"));
+    // A constant schedule, so the first half of the interrupted run (2 epochs) follows the same
+    // learning rates as the first half of the 4-epoch run.
+    let run = |name: &str, epochs: usize, resume: bool| {
+        let config = config(&format!(
+            "model = {:?}\ntrain = {:?}\ndev = {:?}\noutput = {:?}\nepochs = {epochs}\nlr = 2e-3\n\
+             batch_size = 8\nwarmup_ratio = 0.0\nschedule = \"constant\"\nskip_baseline = true\nresume = {resume}\n",
+            work.path().join("tiny/model"),
+            data,
+            data,
+            work.path().join(name)
+        ));
+        alpaca_train::ner::train(&config).unwrap()
+    };
+    let straight = run("straight", 4, false);
+    run("interrupted", 2, false);
+    let resumed = run("interrupted", 4, true);
+    let losses = |report: &alpaca_train::report::NerReport| -> Vec<f64> {
+        report.epochs.iter().map(|e| e.train_loss).collect()
+    };
+    assert_eq!(losses(&resumed), losses(&straight));
+    assert_eq!(resumed.epochs.len(), 4);
+    assert_eq!(
+        resumed.splits[0].after.entity.micro.f1,
+        straight.splits[0].after.entity.micro.f1
+    );
+    let events = std::fs::read_to_string(work.path().join("interrupted/metrics.jsonl")).unwrap();
+    assert!(events.contains("\"after_epoch\":2"), "no resume event");
+    assert!(work
+        .path()
+        .join("interrupted/last/optimizer.safetensors")
+        .is_file());
+}

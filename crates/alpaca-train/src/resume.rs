@@ -1,0 +1,98 @@
+//! The resumable checkpoint `runs/<name>/last/`: weights, AdamW moments and the loop's state
+//! after the last finished epoch, written atomically. Everything random in training is derived
+//! from the seed, the epoch and the micro-batch counter, so a resumed run continues exactly as
+//! the uninterrupted one would have.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use alpaca_models::checkpoint::{save_safetensors, write_dir_atomic};
+use alpaca_models::Parameters;
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::epoch::BestTracker;
+use crate::optimizer::AdamW;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState<Record> {
+    /// The last finished epoch.
+    pub epoch: usize,
+    pub micro_batch: u64,
+    pub optimizer_steps: u64,
+    pub tracker: BestTracker,
+    pub records: Vec<Record>,
+}
+
+/// Replaces `run/last` with the current weights, optimiser moments and loop state.
+pub fn save_last<Record: Serialize>(
+    run: &Path,
+    parameters: &Parameters,
+    optimizer: &AdamW,
+    state: &TrainerState<Record>,
+) -> Result<()> {
+    write_dir_atomic(&run.join("last"), |dir| {
+        save_safetensors(&dir.join("model.safetensors"), &parameters.tensors())?;
+        save_safetensors(
+            &dir.join("optimizer.safetensors"),
+            &optimizer.state_tensors()?,
+        )?;
+        let text = serde_json::to_string_pretty(state).expect("the state serialises");
+        std::fs::write(dir.join("trainer_state.json"), text).map_err(|source| {
+            alpaca_models::ModelError::Io {
+                path: dir.join("trainer_state.json"),
+                source,
+            }
+        })
+    })?;
+    Ok(())
+}
+
+/// Loads `run/last` into `parameters` and `optimizer` and returns the loop state, or `None`
+/// when there is no such checkpoint.
+pub fn load_last<Record: DeserializeOwned>(
+    run: &Path,
+    parameters: &Parameters,
+    optimizer: &mut AdamW,
+) -> Result<Option<TrainerState<Record>>> {
+    let dir = run.join("last");
+    let state_path = dir.join("trainer_state.json");
+    if !state_path.is_file() {
+        return Ok(None);
+    }
+    let state: TrainerState<Record> = serde_json::from_str(
+        &std::fs::read_to_string(&state_path)
+            .with_context(|| format!("{}", state_path.display()))?,
+    )
+    .with_context(|| format!("{}: not a trainer state", state_path.display()))?;
+    let weights_path = dir.join("model.safetensors");
+    let weights = candle_core::safetensors::load(&weights_path, &Device::Cpu)
+        .with_context(|| format!("{}", weights_path.display()))?;
+    for (name, var) in parameters.iter() {
+        let Some(tensor) = weights.get(name) else {
+            bail!(
+                "{}: lacks {name}; was this checkpoint written by a different model?",
+                weights_path.display()
+            );
+        };
+        if tensor.dims() != var.dims() {
+            bail!(
+                "{}: {name} has shape {:?}, the model {:?}",
+                weights_path.display(),
+                tensor.dims(),
+                var.dims()
+            );
+        }
+        var.set(tensor)?;
+    }
+    let optimizer_path = dir.join("optimizer.safetensors");
+    let moments: HashMap<String, candle_core::Tensor> =
+        candle_core::safetensors::load(&optimizer_path, &Device::Cpu)
+            .with_context(|| format!("{}", optimizer_path.display()))?;
+    optimizer
+        .load_state(&moments, state.optimizer_steps)
+        .map_err(|message| anyhow::anyhow!("{}: {message}", optimizer_path.display()))?;
+    Ok(Some(state))
+}
