@@ -15,11 +15,11 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::config::NerConfig;
-use crate::epoch::{train_epoch, BestTracker, EpochSettings, Verdict};
+use crate::epoch::{train_epoch, EpochSettings, Verdict};
 pub use crate::inputs::{batch_tensors, load_tokenizer, pad_id};
 use crate::optimizer::AdamW;
 use crate::report::{EpochRecord, Evaluation, NerReport, SplitReport};
-use crate::resume::{load_last, save_last, TrainerState};
+use crate::resume::{save_last, starting_state};
 use crate::schedule::Schedule;
 
 /// A labelled split, read and encoded.
@@ -238,41 +238,28 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
         .iter()
         .map(|e| e.input_ids.len())
         .collect();
-    let batches_per_epoch = lengths.len().div_ceil(config.batch_size);
-    let steps_per_epoch = batches_per_epoch.div_ceil(config.gradient_accumulation);
-    let total_steps = steps_per_epoch * config.epochs;
-    let schedule = Schedule {
-        kind: config.schedule,
-        peak: config.lr,
-        warmup_steps: (config.warmup_ratio * total_steps as f64).round() as usize,
-        total_steps,
-    };
+    let schedule = Schedule::for_run(
+        config.schedule,
+        config.lr,
+        config.warmup_ratio,
+        lengths.len().div_ceil(config.batch_size),
+        config.gradient_accumulation,
+        config.epochs,
+    );
     let mut optimizer = AdamW::new(&model.parameters, config.weight_decay);
     let best_dir = run.join("best");
     let dev_index = eval_splits.iter().position(|s| s.name == "dev");
-    let mut tracker = BestTracker::new(config.patience);
     let mut stopped_early = false;
-    let mut epoch_records = Vec::new();
-    let mut micro_batch = 0u64;
-    let mut first_epoch = 1;
-    if config.resume {
-        match load_last(run, &model.parameters, &mut optimizer)? {
-            Some(state) => {
-                eprintln!("resuming {} after epoch {}", run.display(), state.epoch);
-                metrics.log("resume", json!({"after_epoch": state.epoch}))?;
-                first_epoch = state.epoch + 1;
-                micro_batch = state.micro_batch;
-                tracker = state.tracker;
-                epoch_records = state.records;
-            }
-            None => eprintln!(
-                "no checkpoint at {}: starting from epoch 1",
-                run.join("last").display()
-            ),
-        }
-    }
+    let mut state = starting_state(
+        config.resume,
+        run,
+        &model.parameters,
+        &mut optimizer,
+        &mut metrics,
+        config.patience,
+    )?;
 
-    for epoch in first_epoch..=config.epochs {
+    for epoch in state.epoch + 1..=config.epochs {
         let order = length_grouped_order(&lengths, config.batch_size, config.seed + epoch as u64);
         let settings = EpochSettings {
             epoch,
@@ -286,7 +273,7 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
             &schedule,
             settings,
             &order,
-            &mut micro_batch,
+            &mut state.micro_batch,
             &mut metrics,
             |indices, mode| {
                 let examples: Vec<&Encoded> =
@@ -336,10 +323,10 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
             record.tokens_per_second
         );
         metrics.log("epoch", &record)?;
-        epoch_records.push(record);
+        state.records.push(record);
 
         // Without a dev set the last epoch is the one we keep.
-        let verdict = tracker.observe(epoch, dev_f1.unwrap_or(epoch as f64));
+        let verdict = state.tracker.observe(epoch, dev_f1.unwrap_or(epoch as f64));
         if verdict == Verdict::Improved {
             model.save(&best_dir, &dir.path)?;
             metrics.log(
@@ -347,18 +334,13 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
                 json!({"epoch": epoch, "path": best_dir, "dev_entity_f1": dev_f1}),
             )?;
         }
-        let state = TrainerState {
-            epoch,
-            micro_batch,
-            optimizer_steps: optimizer.steps(),
-            tracker: tracker.clone(),
-            records: epoch_records.clone(),
-        };
+        state.epoch = epoch;
+        state.optimizer_steps = optimizer.steps();
         save_last(run, &model.parameters, &optimizer, &state)?;
         if verdict == Verdict::Stop {
             eprintln!(
                 "no better dev entity F1 for {} epochs: stopping early",
-                tracker.epochs_without_gain
+                state.tracker.epochs_without_gain
             );
             stopped_early = true;
             break;
@@ -406,8 +388,8 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
         labels: labels.labels().to_vec(),
         parameters: model.parameters.count(),
         threads,
-        epochs: epoch_records,
-        best_epoch: tracker.best_epoch,
+        epochs: state.records,
+        best_epoch: state.tracker.best_epoch,
         stopped_early,
         truncated_sentences: truncated,
         splits,

@@ -96,3 +96,33 @@ pub fn load_last<Record: DeserializeOwned>(
         .map_err(|message| anyhow::anyhow!("{}: {message}", optimizer_path.display()))?;
     Ok(Some(state))
 }
+
+/// Where the epoch loop starts: from `run/last` when `resume` is set and it exists, else
+/// fresh (epoch 0, nothing recorded).
+pub fn starting_state<Record: DeserializeOwned>(
+    resume: bool,
+    run: &Path,
+    parameters: &Parameters,
+    optimizer: &mut AdamW,
+    metrics: &mut alpaca_track::MetricsLog,
+    patience: Option<usize>,
+) -> Result<TrainerState<Record>> {
+    if resume {
+        if let Some(state) = load_last(run, parameters, optimizer)? {
+            eprintln!("resuming {} after epoch {}", run.display(), state.epoch);
+            metrics.log("resume", serde_json::json!({"after_epoch": state.epoch}))?;
+            return Ok(state);
+        }
+        eprintln!(
+            "no checkpoint at {}: starting from epoch 1",
+            run.join("last").display()
+        );
+    }
+    Ok(TrainerState {
+        epoch: 0,
+        micro_batch: 0,
+        optimizer_steps: 0,
+        tracker: BestTracker::new(patience),
+        records: Vec::new(),
+    })
+}

@@ -19,6 +19,25 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// The schedule of a run: one optimiser step per `gradient_accumulation` batches (the last
+    /// partial group of an epoch also steps), warm-up as a fraction of all steps.
+    pub fn for_run(
+        kind: ScheduleKind,
+        peak: f64,
+        warmup_ratio: f64,
+        batches_per_epoch: usize,
+        gradient_accumulation: usize,
+        epochs: usize,
+    ) -> Self {
+        let total_steps = batches_per_epoch.div_ceil(gradient_accumulation.max(1)) * epochs;
+        Schedule {
+            kind,
+            peak,
+            warmup_steps: (warmup_ratio * total_steps as f64).round() as usize,
+            total_steps,
+        }
+    }
+
     /// The learning rate for optimiser step `step` (0-based): linear warm-up from 0 to `peak`
     /// over `warmup_steps`, then constant, linear decay to 0, or half-cosine decay to 0 at
     /// `total_steps`.
@@ -60,6 +79,13 @@ mod tests {
         assert!((s.learning_rate(60) - 0.5).abs() < 1e-12);
         assert!(s.learning_rate(110).abs() < 1e-12);
         assert!(s.learning_rate(500).abs() < 1e-12);
+    }
+
+    #[test]
+    fn run_counts_a_partial_accumulation_group_as_a_step() {
+        let s = Schedule::for_run(ScheduleKind::Linear, 1.0, 0.1, 10, 4, 5);
+        assert_eq!(s.total_steps, 15);
+        assert_eq!(s.warmup_steps, 2);
     }
 
     #[test]
