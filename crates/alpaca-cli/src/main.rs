@@ -218,6 +218,10 @@ struct NerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     resume: bool,
+    /// Replace a previous run in the output directory (its metrics, reports and checkpoints).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -410,6 +414,10 @@ struct ClassifyArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     resume: bool,
+    /// Replace a previous run in the output directory (its metrics, reports and checkpoints).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    overwrite: bool,
 }
 
 #[derive(Args)]

@@ -194,3 +194,40 @@ fn eval_names_an_architecture_it_cannot_evaluate() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_finished_run_is_not_mixed_with_a_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = write(dir.path(), "train.txt", GOOD.as_bytes());
+    let output = dir.path().join("run");
+    let run = |extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_alpaca"))
+            .args(["train", "ner", "--model"])
+            .arg(splade())
+            .arg("--train")
+            .arg(&train)
+            .arg("--output")
+            .arg(&output)
+            .args(["--epochs", "1", "--threads", "1", "--skip-baseline"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(run(&[]).status.code(), Some(0));
+    let again = run(&[]);
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("already holds a run") && stderr.contains("--resume"),
+        "{stderr}"
+    );
+    assert_eq!(run(&["--overwrite"]).status.code(), Some(0));
+    let metrics = std::fs::read_to_string(output.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        metrics
+            .lines()
+            .filter(|l| l.contains("\"event\":\"load\""))
+            .count(),
+        1
+    );
+}

@@ -23,7 +23,7 @@ use crate::config::ClassifyConfig;
 use crate::epoch::{train_epoch, EpochSettings, Verdict};
 use crate::inputs::{batch_tensors, load_tokenizer, pad_id};
 use crate::optimizer::AdamW;
-use crate::resume::{save_last, starting_state};
+use crate::resume::{check_run_dir, open_run_dir, save_last, starting_state};
 use crate::schedule::Schedule;
 
 /// A labelled split, read and encoded.
@@ -175,10 +175,7 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
         bail!("batch_size, gradient_accumulation and epochs must be at least 1");
     }
     let run = &config.output;
-    std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
-    let config_text = toml::to_string_pretty(config).context("config serialises")?;
-    write_atomic(&run.join("config.toml"), config_text.as_bytes())?;
-    let mut metrics = MetricsLog::open(&run.join("metrics.jsonl"))?;
+    check_run_dir(run, config.resume, config.overwrite)?;
 
     // Data: the label set comes from the training file, sorted.
     let columns = Columns {
@@ -226,6 +223,7 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
     if !summary.is_empty() {
         eprintln!("{summary}");
     }
+    let mut metrics = open_run_dir(run, config, config.resume, config.overwrite)?;
     metrics.log(
         "load",
         json!({"model": config.model, "report": load_report}),

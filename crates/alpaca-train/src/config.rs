@@ -103,6 +103,9 @@ pub struct NerConfig {
     /// Continue from `<output>/last` (weights, optimiser, loop state) when it exists.
     #[serde(default)]
     pub resume: bool,
+    /// Replace a previous run in `output` (its metrics, reports and checkpoints).
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 fn default_text_column() -> String {
@@ -173,6 +176,9 @@ pub struct ClassifyConfig {
     /// Continue from `<output>/last` (weights, optimiser, loop state) when it exists.
     #[serde(default)]
     pub resume: bool,
+    /// Replace a previous run in `output` (its metrics, reports and checkpoints).
+    #[serde(default)]
+    pub overwrite: bool,
 }
 
 /// Merges `overrides` (flag values) onto the TOML file at `config_file`, then reads the

@@ -10,7 +10,7 @@ use alpaca_eval::classification::classification_report;
 use alpaca_eval::scheme::{detect_scheme_in_sentences, Scheme};
 use alpaca_eval::seqeval::entity_report;
 use alpaca_models::{BertForTokenClassification, Mode, ModelDir};
-use alpaca_track::{progress_bar, write_atomic, write_json_atomic, MetricsLog};
+use alpaca_track::{progress_bar, write_atomic, write_json_atomic};
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 
@@ -19,7 +19,7 @@ use crate::epoch::{train_epoch, EpochSettings, Verdict};
 pub use crate::inputs::{batch_tensors, load_tokenizer, pad_id};
 use crate::optimizer::AdamW;
 use crate::report::{EpochRecord, Evaluation, NerReport, SplitReport};
-use crate::resume::{save_last, starting_state};
+use crate::resume::{check_run_dir, open_run_dir, save_last, starting_state};
 use crate::schedule::Schedule;
 
 /// A labelled split, read and encoded.
@@ -140,10 +140,7 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
         bail!("batch_size, gradient_accumulation and epochs must be at least 1");
     }
     let run = &config.output;
-    std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
-    let config_text = toml::to_string_pretty(config).context("config serialises")?;
-    write_atomic(&run.join("config.toml"), config_text.as_bytes())?;
-    let mut metrics = MetricsLog::open(&run.join("metrics.jsonl"))?;
+    check_run_dir(run, config.resume, config.overwrite)?;
 
     // Data: the label set and the tag scheme come from the training file.
     let (train_sentences, scheme) = read_split(
@@ -182,6 +179,7 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
     if !summary.is_empty() {
         eprintln!("{summary}");
     }
+    let mut metrics = open_run_dir(run, config, config.resume, config.overwrite)?;
     metrics.log(
         "load",
         json!({"model": config.model, "report": load_report}),

@@ -126,3 +126,50 @@ pub fn starting_state<Record: DeserializeOwned>(
         records: Vec::new(),
     })
 }
+
+/// Refuses an output directory that already holds a run (its metrics.jsonl) unless the user
+/// asked to continue it (`resume`) or to replace it (`overwrite`). Called before anything is
+/// loaded, so the answer comes at once; `open_run_dir` checks again.
+pub fn check_run_dir(run: &Path, resume: bool, overwrite: bool) -> Result<()> {
+    if run.join("metrics.jsonl").exists() && !resume && !overwrite {
+        bail!(
+            "{} already holds a run; pass --resume to continue it, --overwrite to replace it, \
+             or choose another --output",
+            run.display()
+        );
+    }
+    Ok(())
+}
+
+/// Creates the run directory, writes the resolved config and opens the metrics log. A
+/// directory that already holds a run (metrics.jsonl) is only reused with `resume` (continue
+/// it) or `overwrite` (start again, after removing the old run's files), so that one run's
+/// history never mixes into another's and nothing is replaced by accident. Pipelines call it
+/// once data and model have loaded, so input errors leave no half-made run behind.
+pub fn open_run_dir(
+    run: &Path,
+    config: &impl Serialize,
+    resume: bool,
+    overwrite: bool,
+) -> Result<alpaca_track::MetricsLog> {
+    check_run_dir(run, resume, overwrite)?;
+    let metrics_path = run.join("metrics.jsonl");
+    if metrics_path.exists() && !resume {
+        for name in ["metrics.jsonl", "report.md", "report.json"] {
+            let path = run.join(name);
+            if path.exists() {
+                std::fs::remove_file(&path).with_context(|| format!("{}", path.display()))?;
+            }
+        }
+        for name in ["best", "last"] {
+            let path = run.join(name);
+            if path.exists() {
+                std::fs::remove_dir_all(&path).with_context(|| format!("{}", path.display()))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(run).with_context(|| format!("cannot create {}", run.display()))?;
+    let text = toml::to_string_pretty(config).context("config serialises")?;
+    alpaca_track::write_atomic(&run.join("config.toml"), text.as_bytes())?;
+    Ok(alpaca_track::MetricsLog::open(&metrics_path)?)
+}
