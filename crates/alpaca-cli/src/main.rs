@@ -124,6 +124,8 @@ enum PredictCommand {
 
 /// Every flag is also a key of the `--config` TOML file (flags win).
 #[derive(Args, serde::Serialize)]
+// A flag given twice takes its last value, so scripts/demo.sh's defaults can be overridden.
+#[command(args_override_self = true)]
 struct NerArgs {
     /// A TOML file with any of the keys below.
     #[arg(long)]
@@ -316,6 +318,8 @@ fn predict_ner(args: PredictNerArgs) -> Result<()> {
 
 /// Every flag is also a key of the `--config` TOML file (flags win).
 #[derive(Args, serde::Serialize)]
+// A flag given twice takes its last value, so scripts/demo.sh's defaults can be overridden.
+#[command(args_override_self = true)]
 struct ClassifyArgs {
     /// A TOML file with any of the keys below.
     #[arg(long)]

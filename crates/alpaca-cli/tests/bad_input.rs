@@ -231,3 +231,40 @@ fn a_finished_run_is_not_mixed_with_a_new_one() {
         1
     );
 }
+
+#[test]
+fn a_flag_given_twice_takes_its_last_value() {
+    // scripts/demo.sh passes its defaults first and the user's flags after them.
+    let dir = tempfile::tempdir().unwrap();
+    let train = write(dir.path(), "train.txt", GOOD.as_bytes());
+    let output = dir.path().join("run");
+    let status = Command::new(env!("CARGO_BIN_EXE_alpaca"))
+        .args(["train", "ner", "--model"])
+        .arg(splade())
+        .arg("--train")
+        .arg(&train)
+        .arg("--output")
+        .arg(&output)
+        .args([
+            "--epochs",
+            "3",
+            "--threads",
+            "1",
+            "--skip-baseline",
+            "--epochs",
+            "1",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        status.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    let config: toml::Table = std::fs::read_to_string(output.join("config.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(config["epochs"].as_integer(), Some(1));
+}
