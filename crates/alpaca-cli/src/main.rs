@@ -151,6 +151,45 @@ struct NerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<PathBuf>,
+    /// iob1, iob2 or bioes (default: detected from the training file).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tag_scheme: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_train_sentences: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_eval_sentences: Option<usize>,
+    /// Hyper-parameters and run options shared by every training task.
+    #[command(flatten)]
+    #[serde(flatten)]
+    training: TrainingFlags,
+}
+
+#[derive(Args)]
+struct PredictNerArgs {
+    /// A fine-tuned model directory (e.g. runs/<name>/best).
+    #[arg(long)]
+    model: String,
+    /// Read texts from this file, one per line.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Instead of entities, write the input ids, mask and logits as JSON to this file (for
+    /// comparing with transformers: scripts/check_hf_logits.py).
+    #[arg(long)]
+    logits_json: Option<PathBuf>,
+    /// Texts to tag; without any (and without --file), lines are read from stdin.
+    texts: Vec<String>,
+}
+
+/// Training flags shared by every `train` subcommand; each is also a config key.
+#[derive(Args, serde::Serialize)]
+struct TrainingFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     epochs: Option<usize>,
@@ -190,20 +229,10 @@ struct NerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     seed: Option<u64>,
-    /// Stop after this many epochs without a better dev entity F1.
+    /// Stop after this many epochs without a better dev score (entity F1, accuracy).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     patience: Option<usize>,
-    /// iob1, iob2 or bioes (default: detected from the training file).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    tag_scheme: Option<String>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_train_sentences: Option<usize>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_eval_sentences: Option<usize>,
     /// Log the training loss every N optimiser steps.
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -224,26 +253,6 @@ struct NerArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     overwrite: bool,
-}
-
-#[derive(Args)]
-struct PredictNerArgs {
-    /// A fine-tuned model directory (e.g. runs/<name>/best).
-    #[arg(long)]
-    model: String,
-    /// Read texts from this file, one per line.
-    #[arg(long)]
-    file: Option<PathBuf>,
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Instead of entities, write the input ids, mask and logits as JSON to this file (for
-    /// comparing with transformers: scripts/check_hf_logits.py).
-    #[arg(long)]
-    logits_json: Option<PathBuf>,
-    /// Texts to tag; without any (and without --file), lines are read from stdin.
-    texts: Vec<String>,
 }
 
 fn train_ner(args: NerArgs) -> Result<()> {
@@ -355,73 +364,14 @@ struct ClassifyArgs {
     label_column: Option<String>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
-    epochs: Option<usize>,
-    /// Peak learning rate.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    lr: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    batch_size: Option<usize>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    eval_batch_size: Option<usize>,
-    /// Maximum sub-tokens per text, [CLS] and [SEP] included; longer texts are cut.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_len: Option<usize>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    weight_decay: Option<f64>,
-    /// Fraction of the optimiser steps used for linear warm-up.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    warmup_ratio: Option<f64>,
-    /// constant, linear or cosine decay after warm-up.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    schedule: Option<String>,
-    /// Micro-batches per optimiser step.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    gradient_accumulation: Option<usize>,
-    /// Clip the global gradient norm to this (0: off).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    max_grad_norm: Option<f64>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    seed: Option<u64>,
-    /// Stop after this many epochs without a better dev accuracy.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    patience: Option<usize>,
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
     max_train_examples: Option<usize>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_eval_examples: Option<usize>,
-    /// Log the training loss every N optimiser steps.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    log_every: Option<usize>,
-    /// Worker threads (default: all cores).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    threads: Option<usize>,
-    /// Do not evaluate the fresh model before training.
-    #[arg(long)]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    skip_baseline: bool,
-    /// Continue an interrupted run from <output>/last (weights, optimiser and loop state).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    resume: bool,
-    /// Replace a previous run in the output directory (its metrics, reports and checkpoints).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    overwrite: bool,
+    /// Hyper-parameters and run options shared by every training task.
+    #[command(flatten)]
+    #[serde(flatten)]
+    training: TrainingFlags,
 }
 
 #[derive(Args)]
