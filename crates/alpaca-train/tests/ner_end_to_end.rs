@@ -80,15 +80,11 @@ fn write_tiny_model(words: &BTreeSet<String>, labels: Vec<String>, dir: &Path) {
     model.save(&dir.join("model"), dir).unwrap();
 }
 
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-#[test]
-fn tiny_random_bert_overfits_fifty_sentences() {
-    let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("sample.txt");
-    sample(&conll_dir().join("train.txt"), 50, &data);
+/// Writes the first `count` CoNLL training sentences to `work/sample.txt` and a tiny random
+/// BERT over their vocabulary and tags to `work/tiny/model`; returns the sample's path.
+fn tiny_model_and_sample(work: &Path, count: usize) -> PathBuf {
+    let data = work.join("sample.txt");
+    sample(&conll_dir().join("train.txt"), count, &data);
     let sentences = read_conll(&data).unwrap();
     let words: BTreeSet<String> = sentences
         .iter()
@@ -97,7 +93,18 @@ fn tiny_random_bert_overfits_fifty_sentences() {
     let labels = alpaca_data::labels::LabelSet::from_sentences(&sentences)
         .labels()
         .to_vec();
-    write_tiny_model(&words, labels, &work.path().join("tiny"));
+    write_tiny_model(&words, labels, &work.join("tiny"));
+    data
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+#[test]
+fn tiny_random_bert_overfits_fifty_sentences() {
+    let work = tempfile::tempdir().unwrap();
+    let data = tiny_model_and_sample(work.path(), 50);
     let output = work.path().join("run");
     let config = config(&format!(
         "model = {:?}\ntrain = {:?}\ndev = {:?}\noutput = {:?}\nepochs = 40\nlr = 3e-3\nbatch_size = 8\nwarmup_ratio = 0.05\nthreads = 2\nseed = 1\n",
@@ -247,17 +254,7 @@ fn splade_tiny_fine_tunes_on_conll_subset_and_writes_the_run() {
 #[test]
 fn same_seed_gives_the_same_loss_curve() {
     let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("sample.txt");
-    sample(&conll_dir().join("train.txt"), 40, &data);
-    let sentences = read_conll(&data).unwrap();
-    let words: BTreeSet<String> = sentences
-        .iter()
-        .flat_map(|s| s.words.iter().map(|w| w.to_lowercase()))
-        .collect();
-    let labels = alpaca_data::labels::LabelSet::from_sentences(&sentences)
-        .labels()
-        .to_vec();
-    write_tiny_model(&words, labels, &work.path().join("tiny"));
+    let data = tiny_model_and_sample(work.path(), 40);
     let curve = |seed: u64, name: &str| -> Vec<f64> {
         let config = config(&format!(
             "model = {:?}\ntrain = {:?}\noutput = {:?}\nepochs = 3\nlr = 1e-3\nbatch_size = 8\nseed = {seed}\nskip_baseline = true\n",
@@ -276,17 +273,7 @@ fn same_seed_gives_the_same_loss_curve() {
 #[test]
 fn early_stopping_keeps_the_best_epoch() {
     let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("sample.txt");
-    sample(&conll_dir().join("train.txt"), 20, &data);
-    let sentences = read_conll(&data).unwrap();
-    let words: BTreeSet<String> = sentences
-        .iter()
-        .flat_map(|s| s.words.iter().map(|w| w.to_lowercase()))
-        .collect();
-    let labels = alpaca_data::labels::LabelSet::from_sentences(&sentences)
-        .labels()
-        .to_vec();
-    write_tiny_model(&words, labels, &work.path().join("tiny"));
+    let data = tiny_model_and_sample(work.path(), 20);
     // With a zero learning rate the dev F1 never improves after the first epoch.
     let config = config(&format!(
         "model = {:?}\ntrain = {:?}\ndev = {:?}\noutput = {:?}\nepochs = 10\nlr = 0.0\npatience = 2\nskip_baseline = true\n",
@@ -312,17 +299,7 @@ fn early_stopping_keeps_the_best_epoch() {
 #[test]
 fn resumed_run_continues_exactly_like_an_uninterrupted_one() {
     let work = tempfile::tempdir().unwrap();
-    let data = work.path().join("sample.txt");
-    sample(&conll_dir().join("train.txt"), 30, &data);
-    let sentences = read_conll(&data).unwrap();
-    let words: BTreeSet<String> = sentences
-        .iter()
-        .flat_map(|s| s.words.iter().map(|w| w.to_lowercase()))
-        .collect();
-    let labels = alpaca_data::labels::LabelSet::from_sentences(&sentences)
-        .labels()
-        .to_vec();
-    write_tiny_model(&words, labels, &work.path().join("tiny"));
+    let data = tiny_model_and_sample(work.path(), 30);
     // A constant schedule, so the first half of the interrupted run (2 epochs) follows the same
     // learning rates as the first half of the 4-epoch run.
     let run = |name: &str, epochs: usize, resume: bool| {
