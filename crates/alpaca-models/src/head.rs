@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
+use crate::bert::BertConfig;
 use crate::checkpoint::{
     copy_tokenizer_files, save_safetensors, write_dir_atomic, Init, ModelDir, WeightLoader,
 };
@@ -125,4 +126,19 @@ pub fn save_checkpoint(
         })?;
         copy_tokenizer_files(tokenizer_dir, dir)
     })
+}
+
+/// What every head's `load` starts from: config.json (raw, and read as a BERT config) and a
+/// weight loader whose bare-encoder names are mapped under `bert.`.
+pub fn open_bert_checkpoint(
+    dir: &ModelDir,
+    seed: u64,
+) -> Result<(Value, BertConfig, WeightLoader)> {
+    let config_json = dir.config_value()?;
+    let config: BertConfig = serde_json::from_value(config_json.clone()).map_err(|e| {
+        ModelError::checkpoint(dir.file("config.json"), format!("not a BERT config: {e}"))
+    })?;
+    let mut loader = WeightLoader::new(&dir.file("model.safetensors"), dir.load_weights()?, seed);
+    loader.add_prefix("bert", &BODY_ROOTS);
+    Ok((config_json, config, loader))
 }

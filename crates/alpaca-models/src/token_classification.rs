@@ -10,9 +10,11 @@ use serde_json::Value;
 
 use crate::bert::{BertConfig, BertModel};
 use crate::checkpoint::{LoadReport, ModelDir, WeightLoader};
-use crate::error::{ModelError, Result};
+use crate::error::Result;
 pub use crate::head::labels_from_config;
-use crate::head::{classifier, config_with_labels, head_labels, save_checkpoint, BODY_ROOTS};
+use crate::head::{
+    classifier, config_with_labels, head_labels, open_bert_checkpoint, save_checkpoint,
+};
 use crate::layers::{dropout, Linear};
 use crate::parameters::Parameters;
 use crate::Mode;
@@ -35,13 +37,7 @@ impl BertForTokenClassification {
         labels: Option<Vec<String>>,
         seed: u64,
     ) -> Result<(Self, LoadReport)> {
-        let config_json = dir.config_value()?;
-        let config: BertConfig = serde_json::from_value(config_json.clone()).map_err(|e| {
-            ModelError::checkpoint(dir.file("config.json"), format!("not a BERT config: {e}"))
-        })?;
-        let mut loader =
-            WeightLoader::new(&dir.file("model.safetensors"), dir.load_weights()?, seed);
-        loader.add_prefix("bert", &BODY_ROOTS);
+        let (config_json, config, loader) = open_bert_checkpoint(dir, seed)?;
         let (labels, reuse_head) = head_labels(
             dir,
             &config_json,
