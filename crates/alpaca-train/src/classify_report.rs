@@ -5,7 +5,7 @@
 use alpaca_eval::classification::ClassReport;
 use serde::Serialize;
 
-use crate::report::side_by_side;
+use crate::report::{side_by_side, training_section};
 
 /// One evaluation of one model on one split.
 #[derive(Debug, Clone, Serialize)]
@@ -68,27 +68,20 @@ impl ClassifyReport {
                 split.split, before, split.after.report.accuracy
             ));
         }
-        md.push_str("\n## Training\n\n| epoch | train loss | dev accuracy | seconds | tokens/s |\n|---|---|---|---|---|\n");
-        for epoch in &self.epochs {
-            md.push_str(&format!(
-                "| {} | {:.4} | {} | {:.1} | {:.0} |\n",
-                epoch.epoch,
-                epoch.train_loss,
-                epoch
-                    .dev_accuracy
-                    .map(|a| format!("{a:.4}"))
-                    .unwrap_or_else(|| "-".into()),
-                epoch.seconds,
-                epoch.tokens_per_second
-            ));
-        }
-        if let Some(best) = self.best_epoch {
-            md.push_str(&format!("\nbest epoch: {best}"));
-            if self.stopped_early {
-                md.push_str(" (stopped early)");
-            }
-            md.push('\n');
-        }
+        md.push_str(&training_section(
+            "dev accuracy",
+            self.epochs.iter().map(|e| {
+                (
+                    e.epoch,
+                    e.train_loss,
+                    e.dev_accuracy,
+                    e.seconds,
+                    e.tokens_per_second,
+                )
+            }),
+            self.best_epoch,
+            self.stopped_early,
+        ));
         if self.truncated_texts > 0 {
             md.push_str(&format!(
                 "\n{} texts were longer than max_len and were cut at the end.\n",

@@ -66,6 +66,34 @@ pub fn side_by_side(left_title: &str, left: &str, right_title: &str, right: &str
     out
 }
 
+/// The "## Training" section both reports share: one row per epoch (train loss, the dev
+/// metric named `dev_metric`, seconds, tokens/s), then the best epoch.
+pub fn training_section(
+    dev_metric: &str,
+    epochs: impl IntoIterator<Item = (usize, f64, Option<f64>, f64, f64)>,
+    best_epoch: Option<usize>,
+    stopped_early: bool,
+) -> String {
+    let mut md = format!(
+        "\n## Training\n\n| epoch | train loss | {dev_metric} | seconds | tokens/s |\n|---|---|---|---|---|\n"
+    );
+    for (epoch, train_loss, dev, seconds, tokens_per_second) in epochs {
+        md.push_str(&format!(
+            "| {epoch} | {train_loss:.4} | {} | {seconds:.1} | {tokens_per_second:.0} |\n",
+            dev.map(|value| format!("{value:.4}"))
+                .unwrap_or_else(|| "-".into()),
+        ));
+    }
+    if let Some(best) = best_epoch {
+        md.push_str(&format!("\nbest epoch: {best}"));
+        if stopped_early {
+            md.push_str(" (stopped early)");
+        }
+        md.push('\n');
+    }
+    md
+}
+
 impl NerReport {
     pub fn to_markdown(&self) -> String {
         let mut md = String::new();
@@ -91,27 +119,20 @@ impl NerReport {
                 split.split, before, split.after.entity.micro.f1
             ));
         }
-        md.push_str("\n## Training\n\n| epoch | train loss | dev entity F1 | seconds | tokens/s |\n|---|---|---|---|---|\n");
-        for epoch in &self.epochs {
-            md.push_str(&format!(
-                "| {} | {:.4} | {} | {:.1} | {:.0} |\n",
-                epoch.epoch,
-                epoch.train_loss,
-                epoch
-                    .dev_entity_f1
-                    .map(|f| format!("{f:.4}"))
-                    .unwrap_or_else(|| "-".into()),
-                epoch.seconds,
-                epoch.tokens_per_second
-            ));
-        }
-        if let Some(best) = self.best_epoch {
-            md.push_str(&format!("\nbest epoch: {best}"));
-            if self.stopped_early {
-                md.push_str(" (stopped early)");
-            }
-            md.push('\n');
-        }
+        md.push_str(&training_section(
+            "dev entity F1",
+            self.epochs.iter().map(|e| {
+                (
+                    e.epoch,
+                    e.train_loss,
+                    e.dev_entity_f1,
+                    e.seconds,
+                    e.tokens_per_second,
+                )
+            }),
+            self.best_epoch,
+            self.stopped_early,
+        ));
         if self.truncated_sentences > 0 {
             md.push_str(&format!(
                 "\n{} sentences were longer than max_len; their words past the limit are predicted O.\n",
