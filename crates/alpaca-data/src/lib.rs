@@ -8,9 +8,12 @@
 pub mod align;
 pub mod batch;
 pub mod conll;
+pub mod corpus;
 pub mod error;
 pub mod labels;
+pub mod pretraining;
 pub mod text_classification;
+pub mod tokenizer_training;
 
 pub use align::{encode_sentences, encode_words, word_starts, Encoded, IGNORE_INDEX};
 pub use batch::{collate, length_grouped_order, sequential_order, sorted_by_length_order, Batch};
