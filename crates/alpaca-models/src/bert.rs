@@ -232,6 +232,11 @@ impl BertModel {
         })
     }
 
+    /// The word-embedding table [vocab, H], which the masked-LM decoder reuses (tied).
+    pub fn word_embeddings(&self) -> &candle_core::Var {
+        &self.embeddings.words.weight
+    }
+
     /// input_ids, type_ids: [b, t] u32; attention_mask: [b, t] f32 (1 = token, 0 = padding).
     /// Returns the last hidden states [b, t, H].
     pub fn forward(

@@ -200,6 +200,14 @@ impl WeightLoader {
         self.tensors.contains_key(name)
     }
 
+    /// Marks a checkpoint tensor as accounted for without making it a parameter (a tied
+    /// weight stored twice, like `cls.predictions.decoder.weight`).
+    pub fn skip(&mut self, name: &str) {
+        if self.tensors.contains_key(name) {
+            self.used.insert(name.to_string());
+        }
+    }
+
     pub fn take(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {
         let var = match self.tensors.get(name) {
             Some(tensor) => {
