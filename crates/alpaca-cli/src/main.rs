@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod pretrain;
+
 #[derive(Parser)]
 #[command(
     name = "alpaca",
@@ -32,6 +34,9 @@ enum Command {
     /// Measure speed on this machine.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Build tokenizers.
+    #[command(subcommand)]
+    Tokenizer(pretrain::TokenizerCommand),
 }
 
 #[derive(Args)]
@@ -112,6 +117,9 @@ enum TrainCommand {
     Ner(Box<NerArgs>),
     /// Text classification (one label per text) on .tab, .csv, .tsv or .jsonl files.
     Classify(Box<ClassifyArgs>),
+    /// Masked-LM pre-training (optionally with next-sentence prediction) on raw text, of a
+    /// new BERT or a checkpoint.
+    Mlm(Box<pretrain::MlmArgs>),
 }
 
 #[derive(Subcommand)]
@@ -120,6 +128,8 @@ enum PredictCommand {
     Ner(PredictNerArgs),
     /// Print the label and label probabilities of each text as JSON lines.
     Classify(PredictClassifyArgs),
+    /// Print the top-k fills of every [MASK] in each text as JSON lines.
+    Mlm(pretrain::PredictMlmArgs),
 }
 
 /// Every flag is also a key of the `--config` TOML file (flags win).
@@ -189,7 +199,7 @@ struct PredictNerArgs {
 
 /// Training flags shared by every `train` subcommand; each is also a config key.
 #[derive(Args, serde::Serialize)]
-struct TrainingFlags {
+pub(crate) struct TrainingFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     epochs: Option<usize>,
@@ -274,7 +284,10 @@ fn read_texts(args: &PredictNerArgs) -> Result<Vec<String>> {
 }
 
 /// Texts from a file (one per line), else the arguments, else stdin lines.
-fn read_texts_from(file: Option<&std::path::Path>, texts: &[String]) -> Result<Vec<String>> {
+pub(crate) fn read_texts_from(
+    file: Option<&std::path::Path>,
+    texts: &[String],
+) -> Result<Vec<String>> {
     if let Some(path) = file {
         let bytes = std::fs::read(path).with_context(|| format!("{}", path.display()))?;
         let text = String::from_utf8(bytes).map_err(|e| {
@@ -481,6 +494,11 @@ fn main() {
         Command::Predict(PredictCommand::Ner(args)) => predict_ner(args),
         Command::Train(TrainCommand::Classify(args)) => train_classify(*args),
         Command::Predict(PredictCommand::Classify(args)) => predict_classify(args),
+        Command::Train(TrainCommand::Mlm(args)) => pretrain::train_mlm(*args),
+        Command::Predict(PredictCommand::Mlm(args)) => pretrain::predict_mlm(args),
+        Command::Tokenizer(pretrain::TokenizerCommand::Train(args)) => {
+            pretrain::tokenizer_train(args)
+        }
         Command::Eval(args) => evaluate(args),
         Command::Bench(BenchCommand::Step(args)) => bench_step(args),
         Command::Bench(BenchCommand::Predict(args)) => bench_predict(args),

@@ -10,8 +10,11 @@
 
 use rand::rngs::StdRng;
 use rand::Rng;
+use tokenizers::Tokenizer;
 
 use crate::align::{Encoded, IGNORE_INDEX};
+use crate::corpus::{split_sentences, Document};
+use crate::error::{DataError, Result};
 
 /// Next-sentence label of a pair whose B follows A in the document (HF's convention).
 pub const IS_NEXT: i64 = 0;
@@ -51,12 +54,72 @@ impl Segment {
 /// A document as its sentences, tokenized without special tokens.
 pub type TokenizedDocument = Vec<Segment>;
 
+/// Tokenizes every document sentence by sentence (no special tokens, no padding or
+/// truncation). Sentences that give no tokens are dropped.
+pub fn tokenize_documents(
+    tokenizer: &Tokenizer,
+    documents: &[Document],
+) -> Result<Vec<TokenizedDocument>> {
+    let mut tokenizer = tokenizer.clone();
+    tokenizer.with_padding(None);
+    tokenizer
+        .with_truncation(None)
+        .map_err(|e| DataError::Tokenizer(e.to_string()))?;
+    let mut owners = Vec::new();
+    let mut sentences = Vec::new();
+    for (index, document) in documents.iter().enumerate() {
+        for sentence in split_sentences(&document.text) {
+            owners.push(index);
+            sentences.push(sentence);
+        }
+    }
+    let encodings = tokenizer
+        .encode_batch(sentences, false)
+        .map_err(|e| DataError::Tokenizer(format!("tokenizing the corpus: {e}")))?;
+    let mut tokenized: Vec<TokenizedDocument> = vec![Vec::new(); documents.len()];
+    for (owner, encoding) in owners.into_iter().zip(encodings) {
+        if encoding.get_ids().is_empty() {
+            continue;
+        }
+        let word_ids = encoding.get_word_ids();
+        let continues_word = (0..word_ids.len())
+            .map(|i| i > 0 && word_ids[i].is_some() && word_ids[i] == word_ids[i - 1])
+            .collect();
+        tokenized[owner].push(Segment {
+            ids: encoding.get_ids().to_vec(),
+            continues_word,
+        });
+    }
+    Ok(tokenized)
+}
+
 /// The ids of the special tokens an example is framed with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpecialIds {
     pub cls: u32,
     pub sep: u32,
     pub mask: u32,
+}
+
+impl SpecialIds {
+    /// BERT's `[CLS] [SEP] [MASK]`, or RoBERTa's `<s> </s> <mask>`, from the tokenizer's
+    /// vocabulary.
+    pub fn of(tokenizer: &Tokenizer) -> Result<Self> {
+        for [cls, sep, mask] in [["[CLS]", "[SEP]", "[MASK]"], ["<s>", "</s>", "<mask>"]] {
+            if let (Some(cls), Some(sep), Some(mask)) = (
+                tokenizer.token_to_id(cls),
+                tokenizer.token_to_id(sep),
+                tokenizer.token_to_id(mask),
+            ) {
+                return Ok(SpecialIds { cls, sep, mask });
+            }
+        }
+        Err(DataError::Tokenizer(
+            "the tokenizer has neither [CLS] [SEP] [MASK] nor <s> </s> <mask>; masked-LM \
+             training needs a BERT- or RoBERTa-style vocabulary"
+                .into(),
+        ))
+    }
 }
 
 /// One unmasked example: `[CLS] A [SEP] (B [SEP])`.

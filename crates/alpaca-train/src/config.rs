@@ -181,6 +181,125 @@ pub struct ClassifyConfig {
     pub overwrite: bool,
 }
 
+fn default_pretraining_epochs() -> usize {
+    1
+}
+fn default_pretraining_lr() -> f64 {
+    1e-4
+}
+fn default_pretraining_batch() -> usize {
+    32
+}
+fn default_mlm_probability() -> f64 {
+    0.15
+}
+fn default_validation_split() -> f64 {
+    0.05
+}
+fn default_positions() -> usize {
+    512
+}
+fn default_dropout() -> f64 {
+    0.1
+}
+fn default_type_vocab() -> usize {
+    2
+}
+
+/// The size of a BERT built from scratch (the `[bert]` table of the run config); the
+/// vocabulary size comes from the tokenizer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BertSize {
+    pub hidden_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+    #[serde(default = "default_positions")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_dropout")]
+    pub hidden_dropout_prob: f64,
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
+    #[serde(default = "default_type_vocab")]
+    pub type_vocab_size: usize,
+}
+
+/// Everything `alpaca train mlm` needs; the keys shared with [`NerConfig`] mean the same.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlmConfig {
+    /// Continue pre-training this checkpoint (HF layout). Without it a new BERT is built from
+    /// `[bert]` and `tokenizer`.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// A directory holding tokenizer.json (from `alpaca tokenizer train`), for a new BERT.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    #[serde(default)]
+    pub bert: Option<BertSize>,
+    /// Plain text, JSON or JSONL files, or directories of them.
+    pub corpus: Vec<PathBuf>,
+    /// Held-out text; without it `validation_split` of the corpus documents is held out.
+    #[serde(default)]
+    pub dev: Vec<PathBuf>,
+    #[serde(default = "default_validation_split")]
+    pub validation_split: f64,
+    /// The JSON field holding a document's text.
+    #[serde(default = "default_text_column")]
+    pub text_field: String,
+    pub output: PathBuf,
+    /// Add next-sentence prediction (BertForPreTraining).
+    #[serde(default)]
+    pub nsp: bool,
+    /// Mask whole words rather than single sub-tokens.
+    #[serde(default)]
+    pub whole_word_mask: bool,
+    #[serde(default = "default_mlm_probability")]
+    pub mlm_probability: f64,
+    #[serde(default = "default_max_len")]
+    pub max_len: usize,
+    /// Use only the first N documents (quick experiments, tests).
+    #[serde(default)]
+    pub max_documents: Option<usize>,
+    #[serde(default = "default_pretraining_epochs")]
+    pub epochs: usize,
+    /// Stop after this many optimiser steps (the schedule spans them); overrides `epochs`.
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    #[serde(default = "default_pretraining_lr")]
+    pub lr: f64,
+    #[serde(default = "default_pretraining_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_eval_batch")]
+    pub eval_batch_size: usize,
+    #[serde(default = "default_weight_decay")]
+    pub weight_decay: f64,
+    #[serde(default = "default_warmup")]
+    pub warmup_ratio: f64,
+    #[serde(default = "default_schedule")]
+    pub schedule: ScheduleKind,
+    #[serde(default = "default_one")]
+    pub gradient_accumulation: usize,
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Stop after this many epochs without a lower held-out loss.
+    #[serde(default)]
+    pub patience: Option<usize>,
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub skip_baseline: bool,
+    #[serde(default)]
+    pub resume: bool,
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
 /// Merges `overrides` (flag values) onto the TOML file at `config_file`, then reads the
 /// result as a config. Errors name the file and the key.
 pub fn resolve<T: for<'de> Deserialize<'de>>(

@@ -12,6 +12,9 @@ pub mod config;
 pub mod epoch;
 pub mod evaluate;
 pub mod inputs;
+pub mod mlm;
+pub mod mlm_predict;
+pub mod mlm_report;
 pub mod ner;
 pub mod ner_predict;
 pub mod optimizer;
@@ -20,4 +23,4 @@ pub mod resume;
 pub mod schedule;
 pub mod threads;
 
-pub use config::{ClassifyConfig, NerConfig};
+pub use config::{ClassifyConfig, MlmConfig, NerConfig};
