@@ -10,21 +10,29 @@
 //! autograd graph intact) and returns an error, not a panic, for other dtypes/devices.
 
 pub mod adamw;
+pub mod causal_attention;
 pub mod cross_entropy;
 pub mod dropout;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
 pub(crate) mod math;
+pub mod rms_norm;
+pub mod rope;
+pub mod silu_mul;
 pub mod softmax;
 pub(crate) mod util;
 
 pub use adamw::{adamw_step, scale_in_place, squared_norm, AdamWParams};
+pub use causal_attention::causal_attention;
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
 pub use gelu::{bias_gelu, gelu};
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_no_bias};
+pub use rms_norm::rms_norm;
+pub use rope::{rope, RopeTables};
+pub use silu_mul::silu_mul;
 pub use softmax::masked_softmax;
 
 /// Which SIMD extensions this CPU offers at runtime, for the CLI's startup line,

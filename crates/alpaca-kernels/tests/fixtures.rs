@@ -2,7 +2,10 @@
 //! tests/fixtures/make_fixtures.py (inputs, a loss weight w, torch's outputs and gradients
 //! of sum(w * out)).
 mod common;
-use alpaca_kernels::{bias_gelu, cross_entropy, gelu, layer_norm, masked_softmax};
+use alpaca_kernels::{
+    bias_gelu, causal_attention, cross_entropy, gelu, layer_norm, masked_softmax, rms_norm, rope,
+    silu_mul, RopeTables,
+};
 use candle_core::{Device, Tensor};
 use common::*;
 use std::collections::HashMap;
@@ -63,4 +66,50 @@ fn cross_entropy_matches_torch() {
     });
     assert_close(&loss, &f["loss"], 1e-5, 1e-5, "loss");
     assert_close(&g[0], &f["dlogits"], 1e-6, 1e-4, "dlogits");
+}
+
+#[test]
+fn rms_norm_matches_torch() {
+    let f = load("rms_norm");
+    let (y, g) = autograd(&[&f["x"], &f["weight"]], &f["w"], |t| {
+        rms_norm(&t[0], &t[1], 1e-6)
+    });
+    assert_close(&y, &f["y"], 1e-5, 1e-5, "y");
+    assert_close(&g[0], &f["dx"], 1e-5, 1e-4, "dx");
+    assert_close(&g[1], &f["dweight"], 1e-5, 1e-4, "dweight");
+}
+
+#[test]
+fn silu_mul_matches_torch() {
+    let f = load("silu_mul");
+    let (y, g) = autograd(&[&f["gate"], &f["up"]], &f["w"], |t| silu_mul(&t[0], &t[1]));
+    assert_close(&y, &f["y"], 1e-6, 1e-5, "y");
+    assert_close(&g[0], &f["dgate"], 1e-6, 1e-4, "dgate");
+    assert_close(&g[1], &f["dup"], 1e-6, 1e-4, "dup");
+}
+
+#[test]
+fn rope_matches_transformers() {
+    let f = load("rope");
+    let offset = f["offset"].to_vec1::<i64>().unwrap()[0] as usize;
+    let theta = f["theta"].to_vec1::<f32>().unwrap()[0] as f64;
+    let tables = RopeTables::new(16, theta, 64).unwrap();
+    let (y, g) = autograd(&[&f["x"]], &f["w"], |t| rope(&t[0], &tables, offset));
+    assert_close(&y, &f["y"], 1e-6, 1e-5, "y");
+    assert_close(&g[0], &f["dx"], 1e-6, 1e-5, "dx");
+}
+
+#[test]
+fn causal_attention_matches_torch_full_and_cached() {
+    for name in ["causal_attention", "causal_attention_cache"] {
+        let f = load(name);
+        let scale = f["scale"].to_vec1::<f32>().unwrap()[0] as f64;
+        let (y, g) = autograd(&[&f["q"], &f["k"], &f["v"]], &f["w"], |t| {
+            causal_attention(&t[0], &t[1], &t[2], Some(&f["mask"]), scale)
+        });
+        assert_close(&y, &f["y"], 1e-5, 1e-4, &format!("{name} y"));
+        for (n, key) in ["dq", "dk", "dv"].iter().enumerate() {
+            assert_close(&g[n], &f[*key], 1e-5, 1e-4, &format!("{name} {key}"));
+        }
+    }
 }
