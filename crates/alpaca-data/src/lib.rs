@@ -10,6 +10,7 @@ pub mod batch;
 pub mod conll;
 pub mod corpus;
 pub mod error;
+pub mod instructions;
 pub mod labels;
 pub mod pretraining;
 pub mod text_classification;
