@@ -13,6 +13,7 @@ pub mod error;
 pub mod instructions;
 pub mod labels;
 pub mod pretraining;
+pub mod prompt;
 pub mod text_classification;
 pub mod tokenizer_training;
 
