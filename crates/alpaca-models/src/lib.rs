@@ -1,24 +1,28 @@
 //! alpaca-models: transformer bodies and task heads, loaded from and saved to the Hugging Face
 //! layout (config.json, model.safetensors, tokenizer.json).
 //!
-//! One file per architecture (`bert.rs`), its config deserialising HF's config.json as is;
+//! One file per architecture (`bert.rs`, `llama.rs`), its config deserialising HF's config.json as is;
 //! heads live apart from bodies. Every op on the training path comes from `alpaca-kernels`
 //! or from candle ops that have a backward.
 
 pub mod bert;
+pub mod causal_lm;
 pub mod checkpoint;
 pub mod error;
 pub mod head;
 pub mod hub;
 pub mod layers;
+pub mod llama;
 pub mod masked_lm;
 pub mod parameters;
 pub mod sequence_classification;
 pub mod token_classification;
 
 pub use bert::{BertConfig, BertModel};
+pub use causal_lm::LlamaForCausalLM;
 pub use checkpoint::{LoadReport, ModelDir};
 pub use error::{ModelError, Result};
+pub use llama::{KvCache, LlamaConfig, LlamaModel};
 pub use masked_lm::BertForPreTraining;
 pub use parameters::Parameters;
 pub use sequence_classification::BertForSequenceClassification;
