@@ -2,6 +2,7 @@
 //! HF scripts used (seqeval for entities, scikit-learn for labels), so results stay comparable.
 
 pub mod classification;
+pub mod rouge;
 pub mod scheme;
 mod scores;
 pub mod seqeval;
