@@ -21,6 +21,7 @@ pub mod optimizer;
 pub mod report;
 pub mod resume;
 pub mod schedule;
+pub mod self_instruct;
 pub mod threads;
 
 pub use config::{ClassifyConfig, MlmConfig, NerConfig};
