@@ -190,12 +190,15 @@ fn forward(
 /// dx [N, in] = dy [N, out] · W [out, in]
 /// dW [out, in] = dyᵀ [out, N] · x [N, in]
 /// db [out] = Σ_n dy[n, :]
+///
+/// A weight that is not a variable (a frozen base weight under LoRA, passed as a detached
+/// tensor) gets no dW: that gemm is as large as the forward's and nobody would read it.
 fn backward(
     x: &Tensor,
     weight: &Tensor,
     dy: &Tensor,
     with_bias: bool,
-) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+) -> Result<(Tensor, Option<Tensor>, Option<Tensor>)> {
     const OP: &str = "linear backward";
     let (out_features, in_features) = weight.dims2()?;
     with_f32(OP, x, |xs| {
@@ -212,19 +215,23 @@ fn backward(
                     ws,
                     (in_features, 1),
                 );
-                let mut dw = vec![0.0f32; out_features * in_features];
-                gemm_into(
-                    &mut dw,
-                    (out_features, in_features, rows),
-                    false,
-                    dys,
-                    (1, out_features),
-                    xs,
-                    (in_features, 1),
-                );
+                let dw = if weight.track_op() {
+                    let mut dw = vec![0.0f32; out_features * in_features];
+                    gemm_into(
+                        &mut dw,
+                        (out_features, in_features, rows),
+                        false,
+                        dys,
+                        (1, out_features),
+                        xs,
+                        (in_features, 1),
+                    );
+                    Some(tensor_from(dw, (out_features, in_features))?)
+                } else {
+                    None
+                };
                 let db = with_bias.then(|| column_sums(dys, out_features));
                 let dx = tensor_from(dx, x.shape())?;
-                let dw = tensor_from(dw, (out_features, in_features))?;
                 let db = db.map(|db| tensor_from(db, out_features)).transpose()?;
                 Ok((dx, dw, db))
             })
@@ -290,7 +297,7 @@ impl CustomOp3 for Linear {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, db) = backward(x, weight, dy, true)?;
-        Ok((Some(dx), Some(dw), db))
+        Ok((Some(dx), dw, db))
     }
 }
 
@@ -323,6 +330,6 @@ impl CustomOp2 for LinearNoBias {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = backward(x, weight, dy, false)?;
-        Ok((Some(dx), Some(dw)))
+        Ok((Some(dx), dw))
     }
 }

@@ -73,3 +73,30 @@ fn non_contiguous_input_and_shape_errors() {
         .to_string();
     assert!(error.contains("bias must have shape [5]"), "{error}");
 }
+
+#[test]
+fn a_frozen_weight_gets_no_gradient_and_the_input_the_same_one() {
+    let x = candle_core::Var::from_tensor(&rand_tensor(&[3, 7, 16], 9, 1.0)).unwrap();
+    let w = rand_tensor(&[10, 16], 10, 0.5);
+    let frozen = w.detach();
+    let trained = candle_core::Var::from_tensor(&w).unwrap();
+    let loss_of = |weight: &Tensor| {
+        linear_no_bias(x.as_tensor(), weight)
+            .unwrap()
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+    };
+    let with_frozen = loss_of(&frozen).backward().unwrap();
+    let with_trained = loss_of(trained.as_tensor()).backward().unwrap();
+    assert!(with_frozen.get(&frozen).is_none());
+    assert!(with_trained.get(trained.as_tensor()).is_some());
+    assert_close(
+        with_frozen.get(x.as_tensor()).unwrap(),
+        with_trained.get(x.as_tensor()).unwrap(),
+        0.0,
+        0.0,
+        "dx",
+    );
+}

@@ -92,7 +92,8 @@ impl BertForPreTraining {
             hidden,
             config.layer_norm_eps,
         )?;
-        let decoder_bias = loader.take("cls.predictions.bias", &[config.vocab_size], Init::Zeros)?;
+        let decoder_bias =
+            loader.take("cls.predictions.bias", &[config.vocab_size], Init::Zeros)?;
         // Tied to the word embeddings (and to `cls.predictions.bias`) when stored at all.
         loader.skip("cls.predictions.decoder.weight");
         loader.skip("cls.predictions.decoder.bias");
@@ -262,7 +263,10 @@ mod tests {
                 .unwrap_or_else(|| panic!("{name} has no gradient"));
             assert!(max_abs(gradient.clone()) > 0.0, "{name}: zero gradient");
         }
-        assert!(model.parameters.get("cls.predictions.decoder.weight").is_none());
+        assert!(model
+            .parameters
+            .get("cls.predictions.decoder.weight")
+            .is_none());
     }
 
     #[test]
@@ -294,12 +298,9 @@ mod tests {
             serde_json::from_str(&std::fs::read_to_string(target.join("config.json")).unwrap())
                 .unwrap();
         assert_eq!(config["architectures"], json!(["BertForPreTraining"]));
-        let (loaded, report) = BertForPreTraining::load(
-            &ModelDir::open(target.to_str().unwrap()).unwrap(),
-            true,
-            0,
-        )
-        .unwrap();
+        let (loaded, report) =
+            BertForPreTraining::load(&ModelDir::open(target.to_str().unwrap()).unwrap(), true, 0)
+                .unwrap();
         assert!(report.summary().is_empty(), "{}", report.summary());
         let (ids, types, mask, positions) = inputs();
         let before = model
@@ -313,12 +314,13 @@ mod tests {
             0.0
         );
         // Loaded without NSP, the saved NSP head is reported as unexpected, not silently used.
-        let (_, report) = BertForPreTraining::load(
-            &ModelDir::open(target.to_str().unwrap()).unwrap(),
-            false,
-            0,
-        )
-        .unwrap();
-        assert!(report.summary().contains("seq_relationship"), "{}", report.summary());
+        let (_, report) =
+            BertForPreTraining::load(&ModelDir::open(target.to_str().unwrap()).unwrap(), false, 0)
+                .unwrap();
+        assert!(
+            report.summary().contains("seq_relationship"),
+            "{}",
+            report.summary()
+        );
     }
 }
