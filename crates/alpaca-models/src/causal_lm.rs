@@ -28,6 +28,8 @@ pub struct LlamaForCausalLM {
     /// Trainable parameters by HF name (a tied head is not listed twice).
     pub parameters: Parameters,
     config_json: Value,
+    /// The head takes no gradient (LoRA).
+    frozen: bool,
 }
 
 impl LlamaForCausalLM {
@@ -78,6 +80,7 @@ impl LlamaForCausalLM {
                 tied,
                 parameters,
                 config_json,
+                frozen: false,
             },
             report,
         ))
@@ -117,10 +120,24 @@ impl LlamaForCausalLM {
 
     /// hidden [.., H] → [.., vocab]
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        Ok(alpaca_kernels::linear_no_bias(
-            hidden,
-            self.lm_head.as_tensor(),
-        )?)
+        let head = if self.frozen {
+            self.lm_head.as_tensor().detach()
+        } else {
+            self.lm_head.as_tensor().clone()
+        };
+        Ok(alpaca_kernels::linear_no_bias(hidden, &head)?)
+    }
+
+    /// Freezes every base parameter, the head included (LoRA); see [`LlamaModel::freeze`].
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+        self.model.freeze();
+    }
+
+    /// The output layer applied to hidden states [.., H] → logits [.., vocab] (for callers that
+    /// pick the positions first, e.g. only those with a target).
+    pub fn logits_of(&self, hidden: &Tensor) -> Result<Tensor> {
+        self.logits(hidden)
     }
 
     /// Mean next-token cross-entropy as transformers computes it: position i predicts

@@ -13,6 +13,7 @@ pub mod head;
 pub mod hub;
 pub mod layers;
 pub mod llama;
+pub mod lora;
 pub mod masked_lm;
 pub mod parameters;
 pub mod sequence_classification;

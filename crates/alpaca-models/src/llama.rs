@@ -193,6 +193,17 @@ impl LlamaConfig {
     }
 }
 
+/// The tensor a parameter enters the graph as: itself, or when `frozen` a detached view of
+/// the same storage, so backward neither computes nor stores a gradient for it (LoRA trains
+/// adapters only; the base's gradients would cost as much as the whole backward).
+fn live(parameter: &Var, frozen: bool) -> Tensor {
+    if frozen {
+        parameter.as_tensor().detach()
+    } else {
+        parameter.as_tensor().clone()
+    }
+}
+
 /// What a LoRA (or any other) adapter adds to a projection's output.
 pub trait ProjectionAdapter: Send + Sync {
     /// x [.., in] → the term added to x Wᵀ, [.., out].
@@ -207,6 +218,8 @@ pub struct Projection {
     pub name: String,
     pub linear: Linear,
     pub adapter: Option<Box<dyn ProjectionAdapter>>,
+    /// The base weight takes no gradient (see [`LlamaModel::freeze`]).
+    pub frozen: bool,
 }
 
 impl Projection {
@@ -226,6 +239,7 @@ impl Projection {
             name,
             linear: Linear { weight, bias: None },
             adapter: None,
+            frozen: false,
         })
     }
 
@@ -236,7 +250,7 @@ impl Projection {
 
     /// x [.., in] → [.., out]
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let base = self.linear.forward(x)?;
+        let base = alpaca_kernels::linear_no_bias(x, &live(&self.linear.weight, self.frozen))?;
         match &self.adapter {
             Some(adapter) => Ok((base + adapter.forward(x, mode)?)?),
             None => Ok(base),
@@ -248,6 +262,7 @@ impl Projection {
 pub struct RmsNorm {
     pub weight: Var,
     pub eps: f64,
+    pub frozen: bool,
 }
 
 impl RmsNorm {
@@ -255,13 +270,14 @@ impl RmsNorm {
         Ok(Self {
             weight: loader.take(&format!("{name}.weight"), &[size], Init::Ones)?,
             eps,
+            frozen: false,
         })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         Ok(alpaca_kernels::rms_norm(
             x,
-            self.weight.as_tensor(),
+            &live(&self.weight, self.frozen),
             self.eps,
         )?)
     }
@@ -322,6 +338,8 @@ pub struct LlamaModel {
     pub layers: Vec<DecoderLayer>,
     pub norm: RmsNorm,
     rope: alpaca_kernels::RopeTables,
+    /// The embedding table takes no gradient (see [`LlamaModel::freeze`]).
+    frozen: bool,
 }
 
 impl LlamaModel {
@@ -390,6 +408,7 @@ impl LlamaModel {
             layers,
             norm,
             rope,
+            frozen: false,
         })
     }
 
@@ -486,7 +505,24 @@ impl LlamaModel {
                 ));
             }
         }
-        self.embed_tokens.forward(input_ids)
+        let (batch, length) = input_ids.dims2()?;
+        let table = live(&self.embed_tokens.weight, self.frozen);
+        let rows = table.index_select(&input_ids.flatten_all()?, 0)?;
+        Ok(rows.reshape((batch, length, rows.dim(1)?))?)
+    }
+
+    /// Stops gradients into every base parameter (embeddings, norms, projections); adapters
+    /// attached to the projections still train. Used by LoRA.
+    pub fn freeze(&mut self) {
+        self.frozen = true;
+        self.norm.frozen = true;
+        for layer in &mut self.layers {
+            layer.input_layernorm.frozen = true;
+            layer.post_attention_layernorm.frozen = true;
+        }
+        for projection in self.projections_mut() {
+            projection.frozen = true;
+        }
     }
 
     fn check_positions(&self, offset: usize, length: usize) -> Result<()> {
