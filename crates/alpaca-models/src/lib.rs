@@ -9,6 +9,7 @@ pub mod bert;
 pub mod causal_lm;
 pub mod checkpoint;
 pub mod error;
+pub mod gguf;
 pub mod head;
 pub mod hub;
 pub mod layers;
