@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod convert;
 mod pretrain;
 
 #[derive(Parser)]
@@ -37,6 +38,9 @@ enum Command {
     /// Build tokenizers.
     #[command(subcommand)]
     Tokenizer(pretrain::TokenizerCommand),
+    /// Convert checkpoints from other formats into the Hugging Face layout.
+    #[command(subcommand)]
+    Convert(convert::ConvertCommand),
 }
 
 #[derive(Args)]
@@ -500,6 +504,7 @@ fn main() {
             pretrain::tokenizer_train(args)
         }
         Command::Eval(args) => evaluate(args),
+        Command::Convert(command) => convert::run(command),
         Command::Bench(BenchCommand::Step(args)) => bench_step(args),
         Command::Bench(BenchCommand::Predict(args)) => bench_predict(args),
     };
