@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod convert;
+mod instruct;
 mod pretrain;
 
 #[derive(Parser)]
@@ -38,6 +39,8 @@ enum Command {
     /// Build tokenizers.
     #[command(subcommand)]
     Tokenizer(pretrain::TokenizerCommand),
+    /// Fold a LoRA adapter into its base model and write full weights (HF layout).
+    MergeLora(instruct::MergeLoraArgs),
     /// Convert checkpoints from other formats into the Hugging Face layout.
     #[command(subcommand)]
     Convert(convert::ConvertCommand),
@@ -124,6 +127,9 @@ enum TrainCommand {
     /// Masked-LM pre-training (optionally with next-sentence prediction) on raw text, of a
     /// new BERT or a checkpoint.
     Mlm(Box<pretrain::MlmArgs>),
+    /// Instruction tuning of a LLaMA-family model (LoRA by default, --full for all weights)
+    /// on Alpaca, ShareGPT or CSV data.
+    Instruct(Box<instruct::InstructArgs>),
 }
 
 #[derive(Subcommand)]
@@ -503,6 +509,8 @@ fn main() {
         Command::Tokenizer(pretrain::TokenizerCommand::Train(args)) => {
             pretrain::tokenizer_train(args)
         }
+        Command::Train(TrainCommand::Instruct(args)) => instruct::train_instruct(*args),
+        Command::MergeLora(args) => instruct::merge_lora(args),
         Command::Eval(args) => evaluate(args),
         Command::Convert(command) => convert::run(command),
         Command::Bench(BenchCommand::Step(args)) => bench_step(args),

@@ -300,6 +300,135 @@ pub struct MlmConfig {
     pub overwrite: bool,
 }
 
+fn default_instruct_max_len() -> usize {
+    512
+}
+fn default_instruct_batch() -> usize {
+    8
+}
+fn default_instruct_warmup() -> f64 {
+    0.03
+}
+fn default_cosine() -> ScheduleKind {
+    ScheduleKind::Cosine
+}
+fn default_template() -> String {
+    "alpaca".into()
+}
+fn default_on_error() -> String {
+    "skip".into()
+}
+fn default_lora_r() -> usize {
+    8
+}
+fn default_lora_alpha() -> f64 {
+    16.0
+}
+fn default_lora_dropout() -> f64 {
+    0.05
+}
+fn default_lora_targets() -> String {
+    "q_proj,v_proj".into()
+}
+fn default_report_tokens() -> usize {
+    64
+}
+
+/// Everything `alpaca train instruct` (and `train clm`) needs; the keys shared with
+/// [`NerConfig`] mean the same.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InstructConfig {
+    /// A LLaMA-family model: a directory in HF layout or a .gguf file.
+    pub model: String,
+    /// Alpaca JSON/JSONL, ShareGPT JSON/JSONL or CSV pairs.
+    pub data: PathBuf,
+    /// Held-out examples; without it `validation_split` of `data` is held out.
+    #[serde(default)]
+    pub dev: Option<PathBuf>,
+    #[serde(default = "default_validation_split")]
+    pub validation_split: f64,
+    /// alpaca (Stanford's prompts) or chat (the model's chat template).
+    #[serde(default = "default_template")]
+    pub template: String,
+    /// With two-column CSV data: this instruction for every row, the first column its input.
+    #[serde(default)]
+    pub csv_instruction: Option<String>,
+    /// What to do with records that cannot be used: skip (and report them) or fail.
+    #[serde(default = "default_on_error")]
+    pub on_error: String,
+    /// Compute the loss on prompts too, not only on responses.
+    #[serde(default)]
+    pub train_on_inputs: bool,
+    /// Pack several short examples into one sequence of up to max_len tokens.
+    #[serde(default)]
+    pub packing: bool,
+    #[serde(default = "default_instruct_max_len")]
+    pub max_len: usize,
+    /// Train every weight instead of LoRA adapters.
+    #[serde(default)]
+    pub full: bool,
+    #[serde(default = "default_lora_r")]
+    pub lora_r: usize,
+    #[serde(default = "default_lora_alpha")]
+    pub lora_alpha: f64,
+    #[serde(default = "default_lora_dropout")]
+    pub lora_dropout: f64,
+    /// Comma-separated projections (q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj,
+    /// down_proj) or all-linear.
+    #[serde(default = "default_lora_targets")]
+    pub lora_targets: String,
+    pub output: PathBuf,
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Stop after this many optimiser steps (the schedule spans them); overrides `epochs`.
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Peak learning rate (default 2e-4 with LoRA, 2e-5 with --full).
+    #[serde(default)]
+    pub lr: Option<f64>,
+    #[serde(default = "default_instruct_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_instruct_batch")]
+    pub eval_batch_size: usize,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "default_instruct_warmup")]
+    pub warmup_ratio: f64,
+    #[serde(default = "default_cosine")]
+    pub schedule: ScheduleKind,
+    #[serde(default = "default_one")]
+    pub gradient_accumulation: usize,
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Stop after this many epochs without a lower held-out loss.
+    #[serde(default)]
+    pub patience: Option<usize>,
+    #[serde(default)]
+    pub max_train_examples: Option<usize>,
+    #[serde(default)]
+    pub max_eval_examples: Option<usize>,
+    /// Prompts (one per line) whose responses the report shows before and after; default:
+    /// the first three held-out instructions.
+    #[serde(default)]
+    pub report_prompts: Option<PathBuf>,
+    /// New tokens per report response (greedy).
+    #[serde(default = "default_report_tokens")]
+    pub report_max_new_tokens: usize,
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub skip_baseline: bool,
+    #[serde(default)]
+    pub resume: bool,
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
 /// Merges `overrides` (flag values) onto the TOML file at `config_file`, then reads the
 /// result as a config. Errors name the file and the key.
 pub fn resolve<T: for<'de> Deserialize<'de>>(

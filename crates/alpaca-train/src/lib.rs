@@ -5,6 +5,7 @@
 //! the best checkpoint, stops early, and writes the before/after report.
 
 pub mod bench;
+pub mod causal;
 pub mod classify;
 pub mod classify_predict;
 pub mod classify_report;
@@ -12,6 +13,7 @@ pub mod config;
 pub mod epoch;
 pub mod evaluate;
 pub mod inputs;
+pub mod instruct;
 pub mod mlm;
 pub mod mlm_predict;
 pub mod mlm_report;
@@ -24,4 +26,4 @@ pub mod schedule;
 pub mod self_instruct;
 pub mod threads;
 
-pub use config::{ClassifyConfig, MlmConfig, NerConfig};
+pub use config::{ClassifyConfig, InstructConfig, MlmConfig, NerConfig};
