@@ -2,12 +2,13 @@
 //! with transformers (scripts/check_llama_logits.py).
 //!
 //!   cargo run --release -p alpaca-models --example llama_logits -- MODEL_DIR --ids 1,2,3 \
-//!       --output logits.json [--save DIR]
+//!       --output logits.json [--save DIR] [--adapter LORA_DIR]
 //!
 //! Writes {"shape": [t, vocab], "logits": [t·vocab floats], "cached_last": [vocab floats]}:
 //! the full forward's logits and the last position's logits from the KV-cache path (prompt
 //! minus one token, then the last token). With --save, also writes the model to DIR in HF
-//! layout (what transformers should load with the same logits).
+//! layout (what transformers should load with the same logits). With --adapter, a LoRA adapter
+//! (PEFT layout) is attached first (scripts/check_lora_peft.py compares with PEFT).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -21,6 +22,7 @@ fn run() -> Result<(), String> {
     let mut ids: Option<Vec<u32>> = None;
     let mut output = None;
     let mut save = None;
+    let mut adapter = None;
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().ok_or(format!("{flag} needs a value"));
         match arg.as_str() {
@@ -37,17 +39,22 @@ fn run() -> Result<(), String> {
             }
             "--output" => output = Some(PathBuf::from(value("--output")?)),
             "--save" => save = Some(PathBuf::from(value("--save")?)),
+            "--adapter" => adapter = Some(PathBuf::from(value("--adapter")?)),
             flag if flag.starts_with("--") => return Err(format!("unknown flag {flag}")),
             path => model = Some(path.to_string()),
         }
     }
-    let usage = "usage: llama_logits MODEL_DIR --ids 1,2,3 --output FILE [--save DIR]";
+    let usage =
+        "usage: llama_logits MODEL_DIR --ids 1,2,3 --output FILE [--save DIR] [--adapter DIR]";
     let (model, ids, output) = match (model, ids, output) {
         (Some(m), Some(i), Some(o)) if !i.is_empty() => (m, i, o),
         _ => return Err(usage.into()),
     };
     let dir = ModelDir::open(&model).map_err(|e| e.to_string())?;
-    let (llama, report) = LlamaForCausalLM::load(&dir, 0).map_err(|e| e.to_string())?;
+    let (mut llama, report) = LlamaForCausalLM::load(&dir, 0).map_err(|e| e.to_string())?;
+    if let Some(adapter) = &adapter {
+        alpaca_models::lora::load_adapter(&mut llama, adapter).map_err(|e| e.to_string())?;
+    }
     if !report.summary().is_empty() {
         return Err(format!(
             "{model}: checkpoint incomplete:\n{}",
