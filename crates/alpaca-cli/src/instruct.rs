@@ -1,4 +1,4 @@
-//! The instruction-tuning side of the command line: `train instruct` and `merge-lora`.
+//! The decoder side of the command line: `train instruct`, `train clm` and `merge-lora`.
 
 use std::path::PathBuf;
 
@@ -146,6 +146,79 @@ pub fn merge_lora(args: MergeLoraArgs) -> Result<()> {
         config.target_modules.join(","),
         args.model,
         args.output.display()
+    );
+    Ok(())
+}
+
+/// Every flag is also a key of the `--config` TOML file (flags win).
+#[derive(Args, serde::Serialize)]
+#[command(args_override_self = true)]
+pub struct ClmArgs {
+    /// A TOML file with any of the keys below.
+    #[arg(long)]
+    #[serde(skip)]
+    config: Option<PathBuf>,
+    /// A LLaMA-family model: HF directory or .gguf file.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    /// Plain text, JSON or JSONL files, or directories of them.
+    #[arg(long, num_args = 1..)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    corpus: Vec<PathBuf>,
+    /// Held-out text (default: --validation-split of the corpus documents).
+    #[arg(long, num_args = 1..)]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    dev: Vec<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    validation_split: Option<f64>,
+    /// JSON field holding a document's text (default "text").
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    text_field: Option<String>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_documents: Option<usize>,
+    /// Train all weights instead of LoRA adapters.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    full: bool,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_r: Option<usize>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_alpha: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_dropout: Option<f64>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lora_targets: Option<String>,
+    /// Run directory (runs/<name>).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<PathBuf>,
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_steps: Option<usize>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    training: TrainingFlags,
+}
+
+pub fn train_clm(args: ClmArgs) -> Result<()> {
+    let overrides = toml::Table::try_from(&args).context("flags")?;
+    let config: alpaca_train::ClmConfig =
+        alpaca_train::config::resolve(args.config.as_deref(), overrides)
+            .map_err(anyhow::Error::msg)?;
+    let run = alpaca_train::clm::train(&config)?;
+    println!("{}", run.to_markdown("Causal-LM training report"));
+    eprintln!(
+        "report: {0}/report.md, {0}/report.json; best {1}: {0}/best",
+        config.output.display(),
+        if config.full { "model" } else { "adapter" }
     );
     Ok(())
 }

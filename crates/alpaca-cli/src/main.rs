@@ -130,6 +130,8 @@ enum TrainCommand {
     /// Instruction tuning of a LLaMA-family model (LoRA by default, --full for all weights)
     /// on Alpaca, ShareGPT or CSV data.
     Instruct(Box<instruct::InstructArgs>),
+    /// Causal-LM (continued) pre-training of a LLaMA-family model on raw text.
+    Clm(Box<instruct::ClmArgs>),
 }
 
 #[derive(Subcommand)]
@@ -510,6 +512,7 @@ fn main() {
             pretrain::tokenizer_train(args)
         }
         Command::Train(TrainCommand::Instruct(args)) => instruct::train_instruct(*args),
+        Command::Train(TrainCommand::Clm(args)) => instruct::train_clm(*args),
         Command::MergeLora(args) => instruct::merge_lora(args),
         Command::Eval(args) => evaluate(args),
         Command::Convert(command) => convert::run(command),

@@ -429,6 +429,78 @@ pub struct InstructConfig {
     pub overwrite: bool,
 }
 
+fn default_clm_max_len() -> usize {
+    256
+}
+
+/// Everything `alpaca train clm` needs: causal-LM (continued) pre-training of a LLaMA-family
+/// model on raw text; the keys shared with [`InstructConfig`] mean the same.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClmConfig {
+    /// A LLaMA-family model: a directory in HF layout or a .gguf file.
+    pub model: String,
+    /// Plain text, JSON or JSONL files, or directories of them.
+    pub corpus: Vec<PathBuf>,
+    /// Held-out text; without it `validation_split` of the corpus documents is held out.
+    #[serde(default)]
+    pub dev: Vec<PathBuf>,
+    #[serde(default = "default_validation_split")]
+    pub validation_split: f64,
+    #[serde(default = "default_text_column")]
+    pub text_field: String,
+    /// Tokens per training block (each document's tokens, EOS-terminated, cut into blocks).
+    #[serde(default = "default_clm_max_len")]
+    pub max_len: usize,
+    #[serde(default)]
+    pub max_documents: Option<usize>,
+    #[serde(default)]
+    pub full: bool,
+    #[serde(default = "default_lora_r")]
+    pub lora_r: usize,
+    #[serde(default = "default_lora_alpha")]
+    pub lora_alpha: f64,
+    #[serde(default = "default_lora_dropout")]
+    pub lora_dropout: f64,
+    #[serde(default = "default_lora_targets")]
+    pub lora_targets: String,
+    pub output: PathBuf,
+    #[serde(default = "default_pretraining_epochs")]
+    pub epochs: usize,
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    #[serde(default)]
+    pub lr: Option<f64>,
+    #[serde(default = "default_instruct_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_instruct_batch")]
+    pub eval_batch_size: usize,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "default_instruct_warmup")]
+    pub warmup_ratio: f64,
+    #[serde(default = "default_cosine")]
+    pub schedule: ScheduleKind,
+    #[serde(default = "default_one")]
+    pub gradient_accumulation: usize,
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    #[serde(default)]
+    pub patience: Option<usize>,
+    #[serde(default = "default_log_every")]
+    pub log_every: usize,
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub skip_baseline: bool,
+    #[serde(default)]
+    pub resume: bool,
+    #[serde(default)]
+    pub overwrite: bool,
+}
+
 /// Merges `overrides` (flag values) onto the TOML file at `config_file`, then reads the
 /// result as a config. Errors name the file and the key.
 pub fn resolve<T: for<'de> Deserialize<'de>>(

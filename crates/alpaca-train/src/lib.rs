@@ -7,6 +7,7 @@
 pub mod bench;
 pub mod causal;
 pub mod classify;
+pub mod clm;
 pub mod classify_predict;
 pub mod classify_report;
 pub mod config;
@@ -26,4 +27,4 @@ pub mod schedule;
 pub mod self_instruct;
 pub mod threads;
 
-pub use config::{ClassifyConfig, InstructConfig, MlmConfig, NerConfig};
+pub use config::{ClassifyConfig, ClmConfig, InstructConfig, MlmConfig, NerConfig};

@@ -213,3 +213,42 @@ fn a_truncated_sharegpt_file_loads_up_to_the_cut_or_stops() {
         "{error:#}"
     );
 }
+
+#[test]
+fn causal_lm_training_on_raw_text_lowers_held_out_loss() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = write_tiny_llama(dir.path());
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    for document in 0..6 {
+        let text: Vec<String> = PAIRS
+            .iter()
+            .cycle()
+            .skip(document)
+            .take(10)
+            .map(|(i, o)| format!("{i} {o}."))
+            .collect();
+        std::fs::write(corpus.join(format!("{document}.txt")), text.join(" ")).unwrap();
+    }
+    let config: alpaca_train::ClmConfig = resolve(
+        None,
+        format!(
+            "model = \"{}\"\ncorpus = [\"{}\"]\noutput = \"{}/run\"\nfull = true\n\
+             validation_split = 0.2\nmax_len = 64\nepochs = 30\nbatch_size = 4\nlr = 3e-3\n\
+             threads = 2\n",
+            model.display(),
+            corpus.display(),
+            dir.path().display()
+        )
+        .parse::<toml::Table>()
+        .unwrap(),
+    )
+    .unwrap();
+    let run = alpaca_train::clm::train(&config).unwrap();
+    let before = run.before.as_ref().unwrap().loss;
+    let after = run.after.as_ref().unwrap().loss;
+    assert!(after < before * 0.6, "held-out loss {before} → {after}");
+    assert!(config.output.join("best/model.safetensors").is_file());
+    let markdown = std::fs::read_to_string(config.output.join("report.md")).unwrap();
+    assert!(markdown.contains("Causal-LM training report"), "{markdown}");
+}
