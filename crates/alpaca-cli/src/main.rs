@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 mod convert;
+mod generate;
 mod instruct;
 mod pretrain;
 
@@ -44,6 +45,13 @@ enum Command {
     /// Convert checkpoints from other formats into the Hugging Face layout.
     #[command(subcommand)]
     Convert(convert::ConvertCommand),
+    /// Continue a prompt with a LLaMA-family model, streaming the text to stdout.
+    Generate(Box<generate::GenerateArgs>),
+    /// Talk with a model through its chat template (one line per turn; /reset, /exit).
+    Chat(Box<generate::ChatArgs>),
+    /// Write new instruction data with a local model from seed tasks (Stanford's
+    /// self-instruct loop), as Alpaca JSON.
+    SelfInstruct(Box<generate::SelfInstructArgs>),
 }
 
 #[derive(Args)]
@@ -516,6 +524,9 @@ fn main() {
         Command::MergeLora(args) => instruct::merge_lora(args),
         Command::Eval(args) => evaluate(args),
         Command::Convert(command) => convert::run(command),
+        Command::Generate(args) => generate::generate(*args),
+        Command::Chat(args) => generate::chat(*args),
+        Command::SelfInstruct(args) => generate::self_instruct(*args),
         Command::Bench(BenchCommand::Step(args)) => bench_step(args),
         Command::Bench(BenchCommand::Predict(args)) => bench_predict(args),
     };

@@ -13,6 +13,7 @@ pub mod classify_report;
 pub mod config;
 pub mod epoch;
 pub mod evaluate;
+pub mod generate;
 pub mod inputs;
 pub mod instruct;
 pub mod mlm;
