@@ -418,13 +418,16 @@ impl CausalRun {
     }
 }
 
-/// The loop's settings, from `train instruct`'s or `train clm`'s config.
-#[derive(Debug, Clone)]
+/// The loop's settings: the keys `train instruct` and `train clm` share, read from either
+/// config by name (so the two configs cannot drift apart here).
+#[derive(Debug, Clone, Deserialize)]
 pub struct LoopSettings {
     pub output: PathBuf,
     pub epochs: usize,
     pub max_steps: Option<usize>,
-    pub lr: f64,
+    /// Peak learning rate; none: 2e-4 for LoRA, 2e-5 for full fine-tuning.
+    pub lr: Option<f64>,
+    pub full: bool,
     pub batch_size: usize,
     pub eval_batch_size: usize,
     pub weight_decay: f64,
@@ -438,6 +441,38 @@ pub struct LoopSettings {
     pub skip_baseline: bool,
     pub resume: bool,
     pub overwrite: bool,
+    pub lora_r: usize,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub lora_targets: String,
+}
+
+impl LoopSettings {
+    pub fn of(config: &impl Serialize) -> Result<Self> {
+        let value = serde_json::to_value(config).context("config serialises")?;
+        serde_json::from_value(value).context("config lacks a training key")
+    }
+
+    pub fn learning_rate(&self) -> f64 {
+        self.lr.unwrap_or(if self.full { 2e-5 } else { 2e-4 })
+    }
+
+    /// The adapter asked for (`lora_targets` comma-separated), checked.
+    pub fn lora(&self) -> Result<LoraConfig> {
+        let lora = LoraConfig {
+            r: self.lora_r,
+            lora_alpha: self.lora_alpha,
+            lora_dropout: self.lora_dropout,
+            target_modules: self
+                .lora_targets
+                .split(',')
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty())
+                .collect(),
+        };
+        lora.kinds().map_err(anyhow::Error::msg)?;
+        Ok(lora)
+    }
 }
 
 /// Trains `model` (all of it, or the attached adapters) on `train`, evaluating on `held_out`
@@ -517,7 +552,7 @@ pub fn train_causal(
     };
     let schedule = Schedule {
         kind: settings.schedule,
-        peak: settings.lr,
+        peak: settings.learning_rate(),
         warmup_steps: (settings.warmup_ratio * total_steps as f64).round() as usize,
         total_steps,
     };

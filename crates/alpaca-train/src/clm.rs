@@ -4,7 +4,7 @@
 //! ([`crate::causal`]); full training or LoRA as there.
 
 use alpaca_data::corpus::{read_corpus, Document};
-use alpaca_models::lora::{attach_lora, LoraConfig};
+use alpaca_models::lora::attach_lora;
 use anyhow::{anyhow, bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -44,30 +44,6 @@ pub fn blocks(
     Ok(examples)
 }
 
-impl ClmConfig {
-    fn settings(&self) -> LoopSettings {
-        LoopSettings {
-            output: self.output.clone(),
-            epochs: self.epochs,
-            max_steps: self.max_steps,
-            lr: self.lr.unwrap_or(if self.full { 2e-5 } else { 2e-4 }),
-            batch_size: self.batch_size,
-            eval_batch_size: self.eval_batch_size,
-            weight_decay: self.weight_decay,
-            warmup_ratio: self.warmup_ratio,
-            schedule: self.schedule,
-            gradient_accumulation: self.gradient_accumulation,
-            max_grad_norm: self.max_grad_norm,
-            seed: self.seed,
-            patience: self.patience,
-            log_every: self.log_every,
-            skip_baseline: self.skip_baseline,
-            resume: self.resume,
-            overwrite: self.overwrite,
-        }
-    }
-}
-
 /// Trains and writes the run directory; returns the report (also printed by the CLI).
 pub fn train(config: &ClmConfig) -> Result<CausalRun> {
     let threads = crate::threads::set_threads(config.threads);
@@ -80,20 +56,12 @@ pub fn train(config: &ClmConfig) -> Result<CausalRun> {
             config.validation_split
         );
     }
-    let lora = LoraConfig {
-        r: config.lora_r,
-        lora_alpha: config.lora_alpha,
-        lora_dropout: config.lora_dropout,
-        target_modules: config
-            .lora_targets
-            .split(',')
-            .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
-            .collect(),
+    let settings = LoopSettings::of(config)?;
+    let lora = if config.full {
+        None
+    } else {
+        Some(settings.lora()?)
     };
-    if !config.full {
-        lora.kinds().map_err(anyhow::Error::msg)?;
-    }
     crate::resume::check_run_dir(&config.output, config.resume, config.overwrite)?;
     if config.corpus.is_empty() {
         bail!("no corpus: give one or more files or directories of text");
@@ -149,14 +117,15 @@ pub fn train(config: &ClmConfig) -> Result<CausalRun> {
         held_out_blocks.len()
     );
     let mut model = setup.load_model()?;
-    let trainable = if config.full {
-        Trainable::Full
-    } else {
-        let adapters = attach_lora(&mut model, &lora, config.seed)?;
-        Trainable::Lora(lora, adapters)
+    let trainable = match lora {
+        None => Trainable::Full,
+        Some(lora) => {
+            let adapters = attach_lora(&mut model, &lora, config.seed)?;
+            Trainable::Lora(lora, adapters)
+        }
     };
     let mut run = train_causal(
-        &config.settings(),
+        &settings,
         config,
         threads,
         &setup,

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use alpaca_data::instructions::{read_instructions, Conversation, CsvLayout, Role, Skipped};
 use alpaca_data::prompt::{format_conversation, tokenize_pieces, SpecialTokens, Template};
-use alpaca_models::lora::{attach_lora, load_adapter, LoraConfig};
+use alpaca_models::lora::{attach_lora, load_adapter};
 use alpaca_models::{LlamaForCausalLM, ModelDir};
 use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
@@ -202,44 +202,6 @@ fn first_prompt(conversation: &Conversation, template: &Template) -> Result<(Str
     Ok((shown, prompt))
 }
 
-impl InstructConfig {
-    fn settings(&self) -> LoopSettings {
-        LoopSettings {
-            output: self.output.clone(),
-            epochs: self.epochs,
-            max_steps: self.max_steps,
-            lr: self.lr.unwrap_or(if self.full { 2e-5 } else { 2e-4 }),
-            batch_size: self.batch_size,
-            eval_batch_size: self.eval_batch_size,
-            weight_decay: self.weight_decay,
-            warmup_ratio: self.warmup_ratio,
-            schedule: self.schedule,
-            gradient_accumulation: self.gradient_accumulation,
-            max_grad_norm: self.max_grad_norm,
-            seed: self.seed,
-            patience: self.patience,
-            log_every: self.log_every,
-            skip_baseline: self.skip_baseline,
-            resume: self.resume,
-            overwrite: self.overwrite,
-        }
-    }
-
-    fn lora(&self) -> LoraConfig {
-        LoraConfig {
-            r: self.lora_r,
-            lora_alpha: self.lora_alpha,
-            lora_dropout: self.lora_dropout,
-            target_modules: self
-                .lora_targets
-                .split(',')
-                .map(|t| t.trim().to_string())
-                .filter(|t| !t.is_empty())
-                .collect(),
-        }
-    }
-}
-
 /// Fine-tunes, evaluates and writes the run directory; returns the report (also printed by
 /// the CLI).
 pub fn train(config: &InstructConfig) -> Result<InstructReport> {
@@ -247,10 +209,12 @@ pub fn train(config: &InstructConfig) -> Result<InstructReport> {
     if !matches!(config.on_error.as_str(), "skip" | "fail") {
         bail!("--on-error {:?}: expected skip or fail", config.on_error);
     }
-    let lora = config.lora();
-    if !config.full {
-        lora.kinds().map_err(anyhow::Error::msg)?;
-    }
+    let settings = LoopSettings::of(config)?;
+    let lora = if config.full {
+        None
+    } else {
+        Some(settings.lora()?)
+    };
     if !(0.0..1.0).contains(&config.validation_split) {
         bail!(
             "validation_split must be in [0, 1), not {}",
@@ -393,14 +357,15 @@ pub fn train(config: &InstructConfig) -> Result<InstructReport> {
         .map(|(_, prompt)| respond(&model, prompt))
         .collect::<Result<_>>()?;
 
-    let trainable = if config.full {
-        Trainable::Full
-    } else {
-        let adapters = attach_lora(&mut model, &lora, config.seed)?;
-        Trainable::Lora(lora, adapters)
+    let trainable = match lora {
+        None => Trainable::Full,
+        Some(lora) => {
+            let adapters = attach_lora(&mut model, &lora, config.seed)?;
+            Trainable::Lora(lora, adapters)
+        }
     };
     let mut run = train_causal(
-        &config.settings(),
+        &settings,
         config,
         threads,
         &setup,
