@@ -1,5 +1,5 @@
 //! Causal self-attention with grouped-query heads (GQA), fused: scores, causal + padding mask,
-//! softmax in f32 and the weighted sum of values in one pass per query row; the backward
+//! softmax in f32 and the weighted sum of values per block of query rows; the backward
 //! recomputes the probabilities (flash-attention style) instead of storing [T, T] per head.
 //!
 //! q [B, Hq, Tq, D], k/v [B, Hkv, Tk, D] with Hq = Hkv · G (query head h reads kv head h / G),
@@ -9,7 +9,13 @@
 //!   s_j = scale · q_i · k_j,  p = softmax(s) over the attended keys,  o_i = Σ_j p_j v_j
 //! A query row that attends no key (all padded) gives o_i = 0 and zero gradients.
 //!
-//! Cost: O(B · Hq · Tq · Tk · D) with dot products over D; parallel over (batch, head).
+//! How: per (batch, head) and block of `BLOCK` query rows, the block's scores against the keys
+//! it may see (up to the causal diagonal of its last row) are one `gemm` call into a scratch
+//! [BLOCK, Tk] buffer, masked and soft-maxed in place, and multiplied into the output by a
+//! second `gemm`; the backward does the same five products per block (S, dP, dQ, dK, dV).
+//! Blocks skip the keys above the diagonal, so about half of the dense Tq·Tk work is done.
+//! Parallel over (batch, head) forward and (batch, kv head) backward; one scratch buffer per
+//! task, none per row. Cost: O(B · Hq · Tq · Tk · D).
 
 use std::sync::Arc;
 
@@ -117,47 +123,144 @@ impl Dims {
     }
 }
 
+/// Query rows per block: one gemm per block and product. Smaller blocks skip more of the
+/// masked upper triangle, larger ones run gemm at a better rate (measured in
+/// examples/attention_bench.rs; docs/engine.md).
+const BLOCK: usize = 64;
+
+/// dst (row stride `dst_rs`) = [dst +] beta · lhs · rhs for an m × k by k × n product, with
+/// every operand given by (row stride, column stride) so transposes cost nothing.
+/// Single-threaded: the callers are already parallel over heads.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn gemm_block(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    beta: f32,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(dst.len() > (m - 1) * dst_rs + (n - 1));
+    assert!(k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    // SAFETY: the asserts keep every index gemm forms from these strides inside the slices;
+    // dst is exclusively borrowed and does not alias lhs or rhs.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// One block of query rows of one head: rows i0..i0+rows see keys 0..keys.
+#[derive(Clone, Copy)]
+struct Block {
+    i0: usize,
+    rows: usize,
+    keys: usize,
+}
+
+impl Dims {
+    /// The query-row blocks of one head.
+    fn blocks(&self) -> impl Iterator<Item = Block> + '_ {
+        let past = self.tk - self.tq;
+        (0..self.tq).step_by(BLOCK).map(move |i0| {
+            let rows = BLOCK.min(self.tq - i0);
+            Block {
+                i0,
+                rows,
+                keys: (past + i0 + rows).min(self.tk),
+            }
+        })
+    }
+}
+
 impl CausalAttention {
-    /// Probabilities of query row `i` of batch `b` into `p[..Tk]` (0 at keys not attended);
-    /// returns false when the row attends no key.
+    /// Scores → probabilities in place for one block: `s` holds [rows, keys] (row stride
+    /// `keys`) of scale · q_i · k_j; masked keys become 0, each row is soft-maxed over the
+    /// rest, a row that attends no key becomes all 0.
     #[inline(always)]
+    fn softmax_block(&self, dims: Dims, batch: usize, block: Block, s: &mut [f32]) {
+        let keys = block.keys;
+        let past = dims.tk - dims.tq;
+        let mask = self.mask.as_deref().map(|m| &m[batch * dims.tk..][..keys]);
+        for (r, row) in s[..block.rows * keys].chunks_exact_mut(keys).enumerate() {
+            let last = past + block.i0 + r; // last key this query may see
+            let visible = &mut row[..(last + 1).min(keys)];
+            if let Some(mask) = mask {
+                for (x, &m) in visible.iter_mut().zip(mask) {
+                    *x = if m != 0.0 { *x } else { f32::NEG_INFINITY };
+                }
+            }
+            let max = math::max(visible);
+            if max == f32::NEG_INFINITY {
+                row.fill(0.0);
+                continue;
+            }
+            for x in visible.iter_mut() {
+                *x = if *x == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    math::exp(*x - max)
+                };
+            }
+            let inverse = 1.0 / math::sum(visible);
+            visible.iter_mut().for_each(|x| *x *= inverse);
+            let n = visible.len();
+            row[n..].fill(0.0);
+        }
+    }
+
+    /// P = softmax(scale · Q_block Kᵀ) for one block into `s` ([rows, keys], row stride keys).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn probabilities(
         &self,
         dims: Dims,
         batch: usize,
-        i: usize,
-        q_row: &[f32],
+        block: Block,
+        q_head: &[f32],
         k_head: &[f32],
-        p: &mut [f32],
-    ) -> bool {
-        let (tk, d) = (dims.tk, dims.d);
-        let last = tk - dims.tq + i; // last key this query may see
-        let mask = self.mask.as_deref().map(|m| &m[batch * tk..][..tk]);
-        let mut max = f32::NEG_INFINITY;
-        for (j, pj) in p[..tk].iter_mut().enumerate() {
-            let attended = j <= last && mask.is_none_or(|m| m[j] != 0.0);
-            *pj = if attended {
-                let s = self.scale * math::dot(q_row, &k_head[j * d..][..d]);
-                max = if s > max { s } else { max };
-                s
-            } else {
-                f32::NEG_INFINITY
-            };
-        }
-        if max == f32::NEG_INFINITY {
-            p[..tk].fill(0.0);
-            return false;
-        }
-        for pj in p[..tk].iter_mut() {
-            *pj = if *pj == f32::NEG_INFINITY {
-                0.0
-            } else {
-                math::exp(*pj - max)
-            };
-        }
-        let inverse = 1.0 / math::sum(&p[..tk]);
-        p[..tk].iter_mut().for_each(|pj| *pj *= inverse);
-        true
+        s: &mut [f32],
+    ) {
+        let d = dims.d;
+        gemm_block(
+            (block.rows, block.keys, d),
+            s,
+            block.keys,
+            false,
+            self.scale,
+            &q_head[block.i0 * d..],
+            (d, 1),
+            k_head,
+            (1, d),
+        );
+        self.softmax_block(dims, batch, block, s);
     }
 }
 
@@ -166,8 +269,8 @@ impl CustomOp3 for CausalAttention {
         "alpaca-causal-attention"
     }
 
-    // forward, per (b, h) in parallel and query row i:
-    //   p = softmax over attended j of scale · q_i · k_j;  o_i = Σ_j p_j v_j      o [B, Hq, Tq, D]
+    // forward, per (b, h) in parallel and block of query rows:
+    //   P = softmax over attended j of scale · Q Kᵀ;  O = P V      o [B, Hq, Tq, D]
     fn cpu_fwd(
         &self,
         s1: &CpuStorage,
@@ -186,7 +289,7 @@ impl CustomOp3 for CausalAttention {
         let dims = Dims::of(l1.dims(), l2.dims());
         let (tq, tk, d, groups) = (dims.tq, dims.tk, dims.d, dims.groups());
         let mut out = vec![0.0f32; q.len()];
-        if out.is_empty() {
+        if out.is_empty() || tk == 0 {
             return Ok((CpuStorage::F32(out), l1.shape().clone()));
         }
         out.par_chunks_mut(tq * d)
@@ -197,35 +300,33 @@ impl CustomOp3 for CausalAttention {
                 let kv = batch * dims.hkv + head / groups;
                 let k_head = &k[kv * tk * d..][..tk * d];
                 let v_head = &v[kv * tk * d..][..tk * d];
-                math::simd(
-                    #[inline(always)]
-                    || {
-                        let mut p = vec![0.0f32; tk];
-                        for i in 0..tq {
-                            let q_row = &q_head[i * d..][..d];
-                            if !self.probabilities(dims, batch, i, q_row, k_head, &mut p) {
-                                continue; // o_i stays 0
-                            }
-                            let o_row = &mut o_head[i * d..][..d];
-                            for (j, &pj) in p.iter().enumerate() {
-                                if pj != 0.0 {
-                                    let v_row = &v_head[j * d..][..d];
-                                    for (o, &vv) in o_row.iter_mut().zip(v_row) {
-                                        *o += pj * vv;
-                                    }
-                                }
-                            }
-                        }
-                    },
-                )
+                let mut s = vec![0.0f32; BLOCK.min(tq) * tk];
+                for block in dims.blocks() {
+                    math::simd(
+                        #[inline(always)]
+                        || self.probabilities(dims, batch, block, q_head, k_head, &mut s),
+                    );
+                    gemm_block(
+                        (block.rows, d, block.keys),
+                        &mut o_head[block.i0 * d..],
+                        d,
+                        false,
+                        1.0,
+                        &s,
+                        (block.keys, 1),
+                        v_head,
+                        (d, 1),
+                    );
+                }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
     // backward, per (b, kv head) in parallel (it owns dk, dv of its kv head and dq of its G
-    // query heads, so no two tasks write the same memory), per query row i (p recomputed):
-    //   dp_j = do_i · v_j;   ds_j = p_j (dp_j − Σ_j' p_j' dp_j')
-    //   dq_i = scale Σ_j ds_j k_j;   dk_j += scale ds_j q_i;   dv_j += p_j do_i
+    // query heads, so no two tasks write the same memory), per query head and block of rows
+    // (P recomputed):
+    //   dP = dO Vᵀ;   dS = scale · P ∘ (dP − rowsum(P ∘ dP))
+    //   dQ = dS K;   dK += dSᵀ Q;   dV += Pᵀ dO
     fn bwd(
         &self,
         q: &Tensor,
@@ -252,60 +353,29 @@ impl CustomOp3 for CausalAttention {
                             .zip(dk.par_chunks_mut(tk * d))
                             .zip(dv.par_chunks_mut(tk * d))
                             .enumerate()
-                            .for_each(|(task, ((dq_block, dk_head), dv_head))| {
+                            .for_each(|(task, ((dq_group, dk_head), dv_head))| {
                                 let batch = task / dims.hkv;
                                 let k_head = &k[task * tk * d..][..tk * d];
                                 let v_head = &v[task * tk * d..][..tk * d];
-                                let q_group = &q[task * q_block..][..q_block];
-                                let do_group = &dout[task * q_block..][..q_block];
-                                math::simd(
-                                    #[inline(always)]
-                                    || {
-                                        let mut p = vec![0.0f32; tk];
-                                        let mut dp = vec![0.0f32; tk];
-                                        for row in 0..groups * tq {
-                                            let i = row % tq;
-                                            let q_row = &q_group[row * d..][..d];
-                                            let do_row = &do_group[row * d..][..d];
-                                            if !self.probabilities(
-                                                dims, batch, i, q_row, k_head, &mut p,
-                                            ) {
-                                                continue;
-                                            }
-                                            let mut weighted = 0.0f32;
-                                            for (j, (dpj, &pj)) in
-                                                dp.iter_mut().zip(p.iter()).enumerate()
-                                            {
-                                                *dpj = if pj != 0.0 {
-                                                    math::dot(do_row, &v_head[j * d..][..d])
-                                                } else {
-                                                    0.0
-                                                };
-                                                weighted += pj * *dpj;
-                                            }
-                                            let dq_row = &mut dq_block[row * d..][..d];
-                                            for j in 0..tk {
-                                                let pj = p[j];
-                                                if pj == 0.0 {
-                                                    continue;
-                                                }
-                                                let ds = self.scale * pj * (dp[j] - weighted);
-                                                let k_row = &k_head[j * d..][..d];
-                                                for (g, &kv) in dq_row.iter_mut().zip(k_row) {
-                                                    *g += ds * kv;
-                                                }
-                                                let dk_row = &mut dk_head[j * d..][..d];
-                                                for (g, &qv) in dk_row.iter_mut().zip(q_row) {
-                                                    *g += ds * qv;
-                                                }
-                                                let dv_row = &mut dv_head[j * d..][..d];
-                                                for (g, &ov) in dv_row.iter_mut().zip(do_row) {
-                                                    *g += pj * ov;
-                                                }
-                                            }
-                                        }
-                                    },
-                                )
+                                let scratch = BLOCK.min(tq) * tk;
+                                let mut p = vec![0.0f32; scratch];
+                                let mut ds = vec![0.0f32; scratch];
+                                for g in 0..groups {
+                                    let head = task * q_block + g * tq * d;
+                                    let q_head = &q[head..][..tq * d];
+                                    let do_head = &dout[head..][..tq * d];
+                                    let dq_head = &mut dq_group[g * tq * d..][..tq * d];
+                                    for block in dims.blocks() {
+                                        self.backward_block(
+                                            dims,
+                                            batch,
+                                            block,
+                                            (q_head, k_head, v_head, do_head),
+                                            (&mut p, &mut ds),
+                                            (dq_head, &mut *dk_head, &mut *dv_head),
+                                        );
+                                    }
+                                }
                             });
                         Ok((dq, dk, dv))
                     })
@@ -317,5 +387,91 @@ impl CustomOp3 for CausalAttention {
             Some(tensor_from(dk, k.shape())?),
             Some(tensor_from(dv, v.shape())?),
         ))
+    }
+}
+
+impl CausalAttention {
+    /// The backward of one block of query rows of one head (see `bwd`).
+    #[allow(clippy::type_complexity)]
+    fn backward_block(
+        &self,
+        dims: Dims,
+        batch: usize,
+        block: Block,
+        (q_head, k_head, v_head, do_head): (&[f32], &[f32], &[f32], &[f32]),
+        (p, ds): (&mut [f32], &mut [f32]),
+        (dq_head, dk_head, dv_head): (&mut [f32], &mut [f32], &mut [f32]),
+    ) {
+        let (d, keys, rows) = (dims.d, block.keys, block.rows);
+        let q_rows = &q_head[block.i0 * d..][..rows * d];
+        let do_rows = &do_head[block.i0 * d..][..rows * d];
+        math::simd(
+            #[inline(always)]
+            || self.probabilities(dims, batch, block, q_head, k_head, p),
+        );
+        // dP = dO Vᵀ  [rows, keys]
+        gemm_block(
+            (rows, keys, d),
+            ds,
+            keys,
+            false,
+            1.0,
+            do_rows,
+            (d, 1),
+            v_head,
+            (1, d),
+        );
+        // dS = scale · P ∘ (dP − Σ_j P dP), in place of dP
+        let scale = self.scale;
+        math::simd(
+            #[inline(always)]
+            || {
+                for (p_row, ds_row) in p[..rows * keys]
+                    .chunks_exact(keys)
+                    .zip(ds[..rows * keys].chunks_exact_mut(keys))
+                {
+                    let weighted = math::dot(p_row, ds_row);
+                    for (x, &pj) in ds_row.iter_mut().zip(p_row) {
+                        *x = scale * pj * (*x - weighted);
+                    }
+                }
+            },
+        );
+        // dQ = dS K  [rows, d]
+        gemm_block(
+            (rows, d, keys),
+            &mut dq_head[block.i0 * d..],
+            d,
+            false,
+            1.0,
+            ds,
+            (keys, 1),
+            k_head,
+            (d, 1),
+        );
+        // dK[..keys] += dSᵀ Q  [keys, d]
+        gemm_block(
+            (keys, d, rows),
+            dk_head,
+            d,
+            true,
+            1.0,
+            ds,
+            (1, keys),
+            q_rows,
+            (d, 1),
+        );
+        // dV[..keys] += Pᵀ dO  [keys, d]
+        gemm_block(
+            (keys, d, rows),
+            dv_head,
+            d,
+            true,
+            1.0,
+            p,
+            (1, keys),
+            do_rows,
+            (d, 1),
+        );
     }
 }

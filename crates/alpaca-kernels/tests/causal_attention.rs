@@ -165,3 +165,36 @@ fn errors_not_panics() {
     assert!(e.contains("mask"), "{e}");
     assert!(causal_attention(&q, &k, &k.narrow(3, 0, 4).unwrap(), None, 1.0).is_err());
 }
+
+#[test]
+fn long_odd_lengths_over_several_row_blocks() {
+    // The kernel works on blocks of 64 query rows: lengths below, at and across block edges,
+    // full and cached (Tq < Tk, so the causal diagonal is offset inside a block), with padded
+    // keys inside and at the end of a row, against the composed ops, forward and backward.
+    // (Rows that see no key at all are `a_query_that_sees_only_padding_gives_zeros`.)
+    for (hq, hkv, tq, tk) in [
+        (3, 1, 63, 63),
+        (2, 2, 64, 64),
+        (6, 2, 131, 131),
+        (4, 2, 70, 133),
+    ] {
+        let [q, k, v, lw] = inputs(hq, hkv, tq, tk, 16);
+        let mut m = vec![1.0f32; 2 * tk];
+        m[3..8].iter_mut().for_each(|x| *x = 0.0); // batch 0: keys 3..8 masked
+        m[2 * tk - 17..].iter_mut().for_each(|x| *x = 0.0); // batch 1: right padding
+        let mask = Tensor::from_vec(m, (2, tk), &Device::Cpu).unwrap();
+        for mask in [None, Some(&mask)] {
+            let what = format!("hq {hq} hkv {hkv} tq {tq} tk {tk} mask {}", mask.is_some());
+            let (y, g) = autograd(&[&q, &k, &v], &lw, |t| {
+                causal_attention(&t[0], &t[1], &t[2], mask, 0.25)
+            });
+            let (yr, gr) = autograd(&[&q, &k, &v], &lw, |t| {
+                composed(&t[0], &t[1], &t[2], mask, 0.25)
+            });
+            assert_close(&y, &yr, 1e-5, 1e-4, &format!("{what}: forward"));
+            for (n, name) in ["dq", "dk", "dv"].iter().enumerate() {
+                assert_close(&g[n], &gr[n], 1e-5, 1e-4, &format!("{what}: {name}"));
+            }
+        }
+    }
+}
