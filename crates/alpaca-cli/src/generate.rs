@@ -284,6 +284,9 @@ pub struct SelfInstructArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Print each raw completion to stderr (to see why tasks are dropped).
+    #[arg(long)]
+    show_completions: bool,
 }
 
 pub fn self_instruct(args: SelfInstructArgs) -> Result<()> {
@@ -342,6 +345,9 @@ pub fn self_instruct(args: SelfInstructArgs) -> Result<()> {
             generation.prefill_seconds + generation.decode_seconds,
             describe_finish(&generation.finish)
         );
+        if args.show_completions {
+            eprintln!("--- completion {request} ---\n{}\n---", generation.text);
+        }
         Ok(generation.text)
     })?;
     alpaca_track::write_json_atomic(&args.output, &report.kept)
