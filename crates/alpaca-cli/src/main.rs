@@ -395,6 +395,15 @@ struct ClassifyArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     label_column: Option<String>,
+    /// cls (pooler over [CLS]) or mean (mean of the token states); default: the checkpoint's
+    /// classifier_pooling, else cls.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pooling: Option<String>,
+    /// balanced: weight each label's loss by n / (labels × its count).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    class_weights: Option<String>,
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     max_train_examples: Option<usize>,

@@ -1,6 +1,12 @@
 //! `BertForSequenceClassification`: the encoder, the pooler (a tanh layer over the [CLS]
 //! token's hidden state) and a linear layer giving one label per text.
 //!
+//! config.json's `classifier_pooling` (the key ModernBERT's config uses) may instead say
+//! `"mean"`: the classifier then reads the mean of the last hidden states over the real tokens
+//! (what sentence-transformers checkpoints such as all-MiniLM-L6-v2 were trained to produce),
+//! without the pooler. transformers' `BertForSequenceClassification` ignores the key and always
+//! uses the pooler, so such a checkpoint gives other logits there.
+//!
 //! Saved exactly as transformers saves it (`bert.` body prefix with `bert.pooler.dense`,
 //! `classifier.*`, id2label and label2id in config.json) so
 //! `AutoModelForSequenceClassification.from_pretrained` loads it.
@@ -23,12 +29,42 @@ use crate::Mode;
 /// Dropout site of the classifier input; far from the encoder's sites so masks never repeat.
 const CLASSIFIER_DROPOUT_SITE: u64 = 10_000;
 
+/// How a text's hidden states become the classifier's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pooling {
+    /// The pooler (dense + tanh) over the [CLS] state, as BERT.
+    Cls,
+    /// The mean of the hidden states over the real (unmasked) tokens.
+    Mean,
+}
+
+impl Pooling {
+    /// config.json's `classifier_pooling` ("cls" when absent).
+    pub fn from_config(config: &Value) -> std::result::Result<Self, String> {
+        match config.get("classifier_pooling").and_then(Value::as_str) {
+            None | Some("cls") => Ok(Pooling::Cls),
+            Some("mean") => Ok(Pooling::Mean),
+            Some(other) => Err(format!(
+                "classifier_pooling {other:?} is not supported (expected \"cls\" or \"mean\")"
+            )),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+        }
+    }
+}
+
 pub struct BertForSequenceClassification {
     pub bert: BertModel,
     /// `bert.pooler.dense`: hidden → hidden, followed by tanh.
     pub pooler: Linear,
     pub classifier: Linear,
     pub labels: Vec<String>,
+    pub pooling: Pooling,
     pub parameters: Parameters,
     /// config.json as read, so keys we do not model survive a save.
     config_json: Value,
@@ -85,6 +121,8 @@ impl BertForSequenceClassification {
             config.initializer_range,
             reuse_head,
         )?;
+        let pooling = Pooling::from_config(&config_json)
+            .map_err(|m| crate::ModelError::checkpoint("config.json", m))?;
         let (parameters, report) = loader.finish();
         Ok((
             Self {
@@ -92,6 +130,7 @@ impl BertForSequenceClassification {
                 pooler,
                 classifier,
                 labels,
+                pooling,
                 parameters,
                 config_json,
             },
@@ -110,9 +149,20 @@ impl BertForSequenceClassification {
         let hidden = self
             .bert
             .forward(input_ids, type_ids, attention_mask, mode)?;
-        // The [CLS] row of every sequence: [b, t, H] → [b, H].
-        let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
-        let pooled = self.pooler.forward(&first)?.tanh()?;
+        let pooled = match self.pooling {
+            Pooling::Cls => {
+                // The [CLS] row of every sequence: [b, t, H] → [b, H].
+                let first = hidden.narrow(1, 0, 1)?.squeeze(1)?;
+                self.pooler.forward(&first)?.tanh()?
+            }
+            Pooling::Mean => {
+                // Σ_t mask·h / Σ_t mask: [b, t, H] → [b, H]
+                let mask = attention_mask.unsqueeze(2)?;
+                let sum = hidden.broadcast_mul(&mask)?.sum(1)?;
+                let count = mask.sum(1)?.clamp(1.0, f64::MAX)?;
+                sum.broadcast_div(&count)?
+            }
+        };
         let probability = self
             .bert
             .config
@@ -122,13 +172,28 @@ impl BertForSequenceClassification {
         self.classifier.forward(&pooled)
     }
 
-    /// config.json as transformers writes it for this model.
+    /// Chooses the pooling (recorded in config.json when saved).
+    pub fn set_pooling(&mut self, pooling: Pooling) {
+        self.pooling = pooling;
+    }
+
+    /// config.json as transformers writes it for this model, plus `classifier_pooling` when
+    /// it is not the default.
     pub fn config_for_saving(&self) -> Value {
-        config_with_labels(
+        let mut config = config_with_labels(
             &self.config_json,
             &self.labels,
             "BertForSequenceClassification",
-        )
+        );
+        match self.pooling {
+            Pooling::Cls => {
+                if let Some(map) = config.as_object_mut() {
+                    map.remove("classifier_pooling");
+                }
+            }
+            Pooling::Mean => config["classifier_pooling"] = serde_json::json!("mean"),
+        }
+        config
     }
 
     /// Writes `target` in HF layout (replacing it atomically), copying the tokenizer files
@@ -235,5 +300,42 @@ mod tests {
             .to_scalar::<f32>()
             .unwrap();
         assert_eq!(difference, 0.0);
+    }
+
+    #[test]
+    fn mean_pooling_ignores_padding_and_survives_a_save() {
+        let mut model =
+            BertForSequenceClassification::new_random(tiny_config(), labels(), 9).unwrap();
+        model.set_pooling(Pooling::Mean);
+        let device = candle_core::Device::Cpu;
+        // The second row's padding position holds a different id: it must not matter.
+        let (ids, types, mask) = inputs();
+        let other = Tensor::from_slice(&[2u32, 5, 9, 3, 2, 7, 3, 11], (2, 4), &device).unwrap();
+        let a = model.forward(&ids, &types, &mask, Mode::EVAL).unwrap();
+        let b = model.forward(&other, &types, &mask, Mode::EVAL).unwrap();
+        let difference = (a.clone() - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert_eq!(difference, 0.0);
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokenizer.json"), "{}").unwrap();
+        let target = dir.path().join("saved");
+        model.save(&target, dir.path()).unwrap();
+        let (loaded, _) = BertForSequenceClassification::load(
+            &ModelDir::open(target.to_str().unwrap()).unwrap(),
+            None,
+            0,
+        )
+        .unwrap();
+        assert_eq!(loaded.pooling, Pooling::Mean);
+        let c = loaded.forward(&ids, &types, &mask, Mode::EVAL).unwrap();
+        assert_eq!(a.to_vec2::<f32>().unwrap(), c.to_vec2::<f32>().unwrap());
     }
 }

@@ -9,6 +9,7 @@ use alpaca_data::batch::{collate, length_grouped_order, sorted_by_length_order, 
 use alpaca_data::text_classification::{label_ids, label_list, read_labelled_texts, Columns};
 use alpaca_data::LabelledText;
 use alpaca_eval::classification::classification_report;
+use alpaca_models::sequence_classification::Pooling;
 use alpaca_models::{BertForSequenceClassification, Mode, ModelDir};
 use alpaca_track::{progress_bar, write_atomic, write_json_atomic, MetricsLog};
 use anyhow::{anyhow, bail, Context, Result};
@@ -92,6 +93,55 @@ fn argmax(row: &[f32]) -> usize {
         .max_by(|a, b| a.1.total_cmp(b.1))
         .map(|(i, _)| i)
         .unwrap_or(0)
+}
+
+/// scikit-learn's "balanced" weights: n / (labels × count of the label), from the training
+/// labels; a label absent from training gets weight 0 (it cannot occur in a batch).
+pub fn balanced_weights(label_ids: &[usize], labels: usize) -> Vec<f64> {
+    let mut counts = vec![0usize; labels];
+    for &label in label_ids {
+        counts[label] += 1;
+    }
+    let total = label_ids.len() as f64;
+    counts
+        .iter()
+        .map(|&count| {
+            if count == 0 {
+                0.0
+            } else {
+                total / (labels as f64 * count as f64)
+            }
+        })
+        .collect()
+}
+
+/// Class-weighted mean cross-entropy, as torch's `CrossEntropyLoss(weight=w)`:
+/// Σ_i w[y_i]·ce_i / Σ_i w[y_i]. Built from the fused kernel, one call per label present.
+fn weighted_cross_entropy(logits: &Tensor, targets: &[usize], weights: &[f64]) -> Result<Tensor> {
+    let mut total: Option<Tensor> = None;
+    let mut denominator = 0.0;
+    let mut present: Vec<usize> = targets.to_vec();
+    present.sort_unstable();
+    present.dedup();
+    for label in present {
+        let rows: Vec<u32> = (0..targets.len())
+            .filter(|&i| targets[i] == label)
+            .map(|i| i as u32)
+            .collect();
+        let count = rows.len();
+        let picked = logits.index_select(&Tensor::from_vec(rows, count, &Device::Cpu)?, 0)?;
+        let gold = Tensor::from_vec(vec![label as i64; count], count, &Device::Cpu)?;
+        let share = weights[label] * count as f64;
+        let term =
+            alpaca_kernels::cross_entropy(&picked, &gold, IGNORE_INDEX)?.affine(share, 0.0)?;
+        denominator += share;
+        total = Some(match total {
+            Some(sum) => (sum + term)?,
+            None => term,
+        });
+    }
+    let total = total.ok_or_else(|| anyhow!("an empty batch"))?;
+    Ok(total.affine(1.0 / denominator.max(f64::MIN_POSITIVE), 0.0)?)
 }
 
 /// Runs the model over a split: mean loss, the classification report, predicted label ids.
@@ -207,16 +257,29 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
     let dir = ModelDir::open(&config.model)?;
     let (mut model, load_report) =
         BertForSequenceClassification::load(&dir, Some(labels.clone()), config.seed)?;
+    if let Some(pooling) = &config.pooling {
+        model.set_pooling(match pooling.as_str() {
+            "cls" => Pooling::Cls,
+            "mean" => Pooling::Mean,
+            other => bail!("pooling {other:?}: expected cls or mean"),
+        });
+    }
+    let balanced = match config.class_weights.as_deref() {
+        None => false,
+        Some("balanced") => true,
+        Some(other) => bail!("class_weights {other:?}: expected balanced"),
+    };
     let tokenizer = load_tokenizer(&dir, model.bert.config.vocab_size)?;
     let max_len = config
         .max_len
         .min(model.bert.config.max_position_embeddings);
     let pad = pad_id(&tokenizer);
     eprintln!(
-        "alpaca: {} ({} parameters), {} labels, {threads} threads, {}",
+        "alpaca: {} ({} parameters), {} labels, {} pooling, {threads} threads, {}",
         dir.path.display(),
         model.parameters.count(),
         labels.len(),
+        model.pooling.name(),
         alpaca_kernels::cpu_features()
     );
     let summary = load_report.summary();
@@ -264,6 +327,13 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
     }
 
     // Training.
+    let weights = balanced.then(|| balanced_weights(&train_split.label_ids, labels.len()));
+    if let Some(weights) = &weights {
+        metrics.log(
+            "class_weights",
+            json!({"labels": labels, "weights": weights}),
+        )?;
+    }
     let lengths: Vec<usize> = train_split.encoded.iter().map(Encoded::len).collect();
     let schedule = Schedule::for_run(
         config.schedule,
@@ -307,9 +377,21 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
                     indices.iter().map(|&i| &train_split.encoded[i]).collect();
                 let batch = collate(&examples, indices, pad);
                 let (ids, types, mask, _) = batch_tensors(&batch)?;
-                let targets = batch_targets(&batch, &train_split.label_ids)?;
                 let logits = model.forward(&ids, &types, &mask, mode)?;
-                let loss = alpaca_kernels::cross_entropy(&logits, &targets, IGNORE_INDEX)?;
+                let loss = match &weights {
+                    Some(weights) => {
+                        let gold: Vec<usize> = batch
+                            .indices
+                            .iter()
+                            .map(|&i| train_split.label_ids[i])
+                            .collect();
+                        weighted_cross_entropy(&logits, &gold, weights)?
+                    }
+                    None => {
+                        let targets = batch_targets(&batch, &train_split.label_ids)?;
+                        alpaca_kernels::cross_entropy(&logits, &targets, IGNORE_INDEX)?
+                    }
+                };
                 Ok((loss, batch.attention_mask.iter().map(|&m| m as u64).sum()))
             },
         )?;
@@ -445,4 +527,55 @@ fn write_predictions(
         ));
     }
     Ok(write_atomic(path, text.as_bytes())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn balanced_weights_follow_scikit_learn() {
+        // 6 examples, 3 labels with counts 3, 2, 1: n / (3 · count).
+        let weights = balanced_weights(&[0, 0, 0, 1, 1, 2], 4);
+        assert_eq!(weights, [6.0 / 12.0, 6.0 / 8.0, 6.0 / 4.0, 0.0]);
+    }
+
+    #[test]
+    fn weighted_cross_entropy_is_torch_s_weighted_mean() {
+        let rows = [
+            [2.0f32, 0.5, -1.0],
+            [0.1, 0.2, 0.3],
+            [-0.5, 1.5, 0.0],
+            [1.0, 1.0, 1.0],
+        ];
+        let targets = [0usize, 2, 1, 2];
+        let weights = [0.5, 2.0, 1.5];
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        let logits = Tensor::from_vec(flat, (4, 3), &Device::Cpu).unwrap();
+        let got = weighted_cross_entropy(&logits, &targets, &weights)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        let (mut sum, mut norm) = (0.0f64, 0.0f64);
+        for (row, &target) in rows.iter().zip(&targets) {
+            let log_sum: f64 = row.iter().map(|&v| (v as f64).exp()).sum::<f64>().ln();
+            sum += weights[target] * (log_sum - row[target] as f64);
+            norm += weights[target];
+        }
+        assert!((got - sum / norm).abs() < 1e-5, "{got} vs {}", sum / norm);
+        // Equal weights give the plain mean.
+        let plain = weighted_cross_entropy(&logits, &targets, &[1.0, 1.0, 1.0])
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let unweighted = alpaca_kernels::cross_entropy(
+            &logits,
+            &Tensor::from_vec(vec![0i64, 2, 1, 2], 4, &Device::Cpu).unwrap(),
+            IGNORE_INDEX,
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+        assert!((plain - unweighted).abs() < 1e-6);
+    }
 }

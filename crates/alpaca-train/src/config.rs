@@ -135,6 +135,14 @@ pub struct ClassifyConfig {
     /// one flagged `class`).
     #[serde(default = "default_label_column")]
     pub label_column: String,
+    /// cls (the pooler over [CLS]) or mean (mean of the token states); default: the
+    /// checkpoint's `classifier_pooling`, else cls.
+    #[serde(default)]
+    pub pooling: Option<String>,
+    /// "balanced": weight each label's loss by n / (labels × its count), as scikit-learn's
+    /// class_weight="balanced" (for skewed label sets).
+    #[serde(default)]
+    pub class_weights: Option<String>,
     #[serde(default = "default_epochs")]
     pub epochs: usize,
     #[serde(default = "default_lr")]

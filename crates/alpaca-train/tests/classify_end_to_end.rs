@@ -139,6 +139,61 @@ fn tiny_random_bert_overfits_thirty_texts() {
     assert!((total - 1.0).abs() < 1e-4, "{total}");
 }
 
+#[test]
+fn mean_pooling_and_balanced_weights_learn_a_skewed_set() {
+    let work = tempfile::tempdir().unwrap();
+    // 10 / 10 / 3 texts: the "tech" label is rare.
+    let mut texts = toy_texts();
+    let mut tech = 0;
+    texts.retain(|(_, label)| {
+        *label != "tech" || {
+            tech += 1;
+            tech <= 3
+        }
+    });
+    let data = work.path().join("skewed.csv");
+    let mut csv = String::from("text,label\n");
+    for (text, label) in &texts {
+        csv.push_str(&format!("\"{text}\",{label}\n"));
+    }
+    std::fs::write(&data, csv).unwrap();
+    let words: BTreeSet<String> = texts
+        .iter()
+        .flat_map(|(t, _)| t.split(' ').map(str::to_string))
+        .collect();
+    let labels = vec!["food".to_string(), "sport".into(), "tech".into()];
+    write_tiny_model(&words, labels, &work.path().join("tiny"));
+    let output = work.path().join("run");
+    let config = config(&format!(
+        "model = {:?}\ntrain = {:?}\ndev = {:?}\noutput = {:?}\nepochs = 30\nlr = 1e-3\nbatch_size = 8\nwarmup_ratio = 0.05\nthreads = 2\nseed = 1\npooling = \"mean\"\nclass_weights = \"balanced\"\n",
+        work.path().join("tiny/model"), data, data, output
+    ));
+    let report = alpaca_train::classify::train(&config).unwrap();
+    let dev = &report.splits[0];
+    assert_eq!(
+        dev.after.report.accuracy,
+        1.0,
+        "{}",
+        dev.after.report.to_table(4)
+    );
+    let saved: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("best/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(saved["classifier_pooling"], "mean");
+    let metrics = std::fs::read_to_string(output.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"class_weights\""), "{metrics}");
+    // A pooling name that does not exist is refused before anything is written.
+    let mut bad = config.clone();
+    bad.pooling = Some("max".into());
+    bad.output = work.path().join("bad");
+    let error = alpaca_train::classify::train(&bad).unwrap_err();
+    assert!(
+        format!("{error:#}").contains("expected cls or mean"),
+        "{error:#}"
+    );
+    assert!(!bad.output.exists());
+}
+
 /// `per_class` documents of each of `classes` from an Orange .tab file, as a new .tab file.
 fn newsgroups_sample(source: &Path, classes: &[&str], per_class: usize, target: &Path) {
     let examples = read_labelled_texts(source, Columns::default()).unwrap();
