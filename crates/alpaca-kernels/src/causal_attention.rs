@@ -9,13 +9,14 @@
 //!   s_j = scale · q_i · k_j,  p = softmax(s) over the attended keys,  o_i = Σ_j p_j v_j
 //! A query row that attends no key (all padded) gives o_i = 0 and zero gradients.
 //!
-//! How: per (batch, head) and block of `BLOCK` query rows, the block's scores against the keys
-//! it may see (up to the causal diagonal of its last row) are one `gemm` call into a scratch
-//! [BLOCK, Tk] buffer, masked and soft-maxed in place, and multiplied into the output by a
-//! second `gemm`; the backward does the same five products per block (S, dP, dQ, dK, dV).
-//! Blocks skip the keys above the diagonal, so about half of the dense Tq·Tk work is done.
-//! Parallel over (batch, head) forward and (batch, kv head) backward; one scratch buffer per
-//! task, none per row. Cost: O(B · Hq · Tq · Tk · D).
+//! How: per (batch, kv head) and block of `BLOCK` query positions, the rows of all G query
+//! heads that share the kv head are gathered into one [G·rows, D] matrix; its scores against
+//! the keys the block may see (up to the causal diagonal of its last position) are one `gemm`
+//! call into a scratch [G·rows, Tk] buffer, masked and soft-maxed in place, and multiplied by
+//! V in a second `gemm`; the backward does the same five products per block (S, dP, dQ, dK,
+//! dV), dK and dV summed over the G heads inside the gemm. Blocks skip the keys above the
+//! diagonal, so about half of the dense Tq·Tk work is done. Parallel over (batch, kv head);
+//! scratch buffers per task, none per row. Cost: O(B · Hq · Tq · Tk · D).
 
 use std::sync::Arc;
 
@@ -123,9 +124,9 @@ impl Dims {
     }
 }
 
-/// Query rows per block: one gemm per block and product. Smaller blocks skip more of the
-/// masked upper triangle, larger ones run gemm at a better rate (measured in
-/// examples/attention_bench.rs; docs/engine.md).
+/// Query positions per block: one gemm per block and product, over G·BLOCK rows. Smaller
+/// blocks skip more of the masked upper triangle, larger ones run gemm at a better rate
+/// (measured in examples/attention_bench.rs; docs/engine.md).
 const BLOCK: usize = 64;
 
 /// dst (row stride `dst_rs`) = [dst +] beta · lhs · rhs for an m × k by k × n product, with
@@ -177,7 +178,8 @@ fn gemm_block(
     }
 }
 
-/// One block of query rows of one head: rows i0..i0+rows see keys 0..keys.
+/// One block of query positions i0..i0+rows (of every head of a group); they see keys
+/// 0..keys.
 #[derive(Clone, Copy)]
 struct Block {
     i0: usize,
@@ -186,7 +188,7 @@ struct Block {
 }
 
 impl Dims {
-    /// The query-row blocks of one head.
+    /// The blocks of query positions.
     fn blocks(&self) -> impl Iterator<Item = Block> + '_ {
         let past = self.tk - self.tq;
         (0..self.tq).step_by(BLOCK).map(move |i0| {
@@ -200,8 +202,53 @@ impl Dims {
     }
 }
 
+/// Copies the block's rows of the G heads of a group ([G, Tq, D] at `group`) into `stacked`
+/// ([G·rows, D], head-major), or back with `scatter`.
+#[inline(always)]
+fn gather(dims: Dims, block: Block, group: &[f32], stacked: &mut [f32]) {
+    let (d, n) = (dims.d, block.rows * dims.d);
+    for (g, rows) in stacked[..dims.groups() * n].chunks_exact_mut(n).enumerate() {
+        rows.copy_from_slice(&group[(g * dims.tq + block.i0) * d..][..n]);
+    }
+}
+
+#[inline(always)]
+fn scatter(dims: Dims, block: Block, stacked: &[f32], group: &mut [f32]) {
+    let (d, n) = (dims.d, block.rows * dims.d);
+    for (g, rows) in stacked[..dims.groups() * n].chunks_exact(n).enumerate() {
+        group[(g * dims.tq + block.i0) * d..][..n].copy_from_slice(rows);
+    }
+}
+
+/// Per-task scratch: stacked rows of the G heads of a block.
+struct Scratch {
+    /// [G·BLOCK, Tk]: probabilities
+    p: Vec<f32>,
+    /// [G·BLOCK, Tk]: dP, then dS (backward only)
+    ds: Vec<f32>,
+    /// [G·BLOCK, D] each: Q rows, and the output rows (forward) or dO rows (backward)
+    q: Vec<f32>,
+    o: Vec<f32>,
+    /// [G·BLOCK, D]: dQ rows (backward only)
+    dq: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(dims: Dims, backward: bool) -> Self {
+        let rows = dims.groups() * BLOCK.min(dims.tq);
+        let grad = |n: usize| vec![0.0f32; if backward { n } else { 0 }];
+        Scratch {
+            p: vec![0.0; rows * dims.tk],
+            ds: grad(rows * dims.tk),
+            q: vec![0.0; rows * dims.d],
+            o: vec![0.0; rows * dims.d],
+            dq: grad(rows * dims.d),
+        }
+    }
+}
+
 impl CausalAttention {
-    /// Scores → probabilities in place for one block: `s` holds [rows, keys] (row stride
+    /// Scores → probabilities in place for one block: `s` holds [G·rows, keys] (row stride
     /// `keys`) of scale · q_i · k_j; masked keys become 0, each row is soft-maxed over the
     /// rest, a row that attends no key becomes all 0.
     #[inline(always)]
@@ -209,8 +256,9 @@ impl CausalAttention {
         let keys = block.keys;
         let past = dims.tk - dims.tq;
         let mask = self.mask.as_deref().map(|m| &m[batch * dims.tk..][..keys]);
-        for (r, row) in s[..block.rows * keys].chunks_exact_mut(keys).enumerate() {
-            let last = past + block.i0 + r; // last key this query may see
+        let rows = dims.groups() * block.rows;
+        for (r, row) in s[..rows * keys].chunks_exact_mut(keys).enumerate() {
+            let last = past + block.i0 + r % block.rows; // last key this query may see
             let visible = &mut row[..(last + 1).min(keys)];
             if let Some(mask) = mask {
                 for (x, &m) in visible.iter_mut().zip(mask) {
@@ -236,31 +284,34 @@ impl CausalAttention {
         }
     }
 
-    /// P = softmax(scale · Q_block Kᵀ) for one block into `s` ([rows, keys], row stride keys).
+    /// P = softmax(scale · Q Kᵀ) for one block's stacked rows `q` ([G·rows, D]) into `p`
+    /// ([G·rows, keys], row stride keys).
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     fn probabilities(
         &self,
         dims: Dims,
         batch: usize,
         block: Block,
-        q_head: &[f32],
+        q: &[f32],
         k_head: &[f32],
-        s: &mut [f32],
+        p: &mut [f32],
     ) {
         let d = dims.d;
         gemm_block(
-            (block.rows, block.keys, d),
-            s,
+            (dims.groups() * block.rows, block.keys, d),
+            p,
             block.keys,
             false,
             self.scale,
-            &q_head[block.i0 * d..],
+            q,
             (d, 1),
             k_head,
             (1, d),
         );
-        self.softmax_block(dims, batch, block, s);
+        math::simd(
+            #[inline(always)]
+            || self.softmax_block(dims, batch, block, p),
+        );
     }
 }
 
@@ -269,7 +320,8 @@ impl CustomOp3 for CausalAttention {
         "alpaca-causal-attention"
     }
 
-    // forward, per (b, h) in parallel and block of query rows:
+    // forward, per (b, kv head) in parallel and block of query positions, the G heads'
+    // rows stacked:
     //   P = softmax over attended j of scale · Q Kᵀ;  O = P V      o [B, Hq, Tq, D]
     fn cpu_fwd(
         &self,
@@ -292,39 +344,38 @@ impl CustomOp3 for CausalAttention {
         if out.is_empty() || tk == 0 {
             return Ok((CpuStorage::F32(out), l1.shape().clone()));
         }
-        out.par_chunks_mut(tq * d)
-            .zip(q.par_chunks(tq * d))
+        let group = groups * tq * d;
+        out.par_chunks_mut(group)
+            .zip(q.par_chunks(group))
             .enumerate()
-            .for_each(|(task, (o_head, q_head))| {
-                let (batch, head) = (task / dims.hq, task % dims.hq);
-                let kv = batch * dims.hkv + head / groups;
-                let k_head = &k[kv * tk * d..][..tk * d];
-                let v_head = &v[kv * tk * d..][..tk * d];
-                let mut s = vec![0.0f32; BLOCK.min(tq) * tk];
+            .for_each(|(task, (o_group, q_group))| {
+                let batch = task / dims.hkv;
+                let k_head = &k[task * tk * d..][..tk * d];
+                let v_head = &v[task * tk * d..][..tk * d];
+                let mut scratch = Scratch::new(dims, false);
                 for block in dims.blocks() {
-                    math::simd(
-                        #[inline(always)]
-                        || self.probabilities(dims, batch, block, q_head, k_head, &mut s),
-                    );
+                    gather(dims, block, q_group, &mut scratch.q);
+                    self.probabilities(dims, batch, block, &scratch.q, k_head, &mut scratch.p);
                     gemm_block(
-                        (block.rows, d, block.keys),
-                        &mut o_head[block.i0 * d..],
+                        (groups * block.rows, d, block.keys),
+                        &mut scratch.o,
                         d,
                         false,
                         1.0,
-                        &s,
+                        &scratch.p,
                         (block.keys, 1),
                         v_head,
                         (d, 1),
                     );
+                    scatter(dims, block, &scratch.o, o_group);
                 }
             });
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
     // backward, per (b, kv head) in parallel (it owns dk, dv of its kv head and dq of its G
-    // query heads, so no two tasks write the same memory), per query head and block of rows
-    // (P recomputed):
+    // query heads, so no two tasks write the same memory), per block of query positions with
+    // the G heads' rows stacked (P recomputed):
     //   dP = dO Vᵀ;   dS = scale · P ∘ (dP − rowsum(P ∘ dP))
     //   dQ = dS K;   dK += dSᵀ Q;   dV += Pᵀ dO
     fn bwd(
@@ -348,33 +399,28 @@ impl CustomOp3 for CausalAttention {
                         if dq.is_empty() || dk.is_empty() {
                             return Ok((dq, dk, dv));
                         }
-                        let q_block = groups * tq * d;
-                        dq.par_chunks_mut(q_block)
+                        let group = groups * tq * d;
+                        dq.par_chunks_mut(group)
                             .zip(dk.par_chunks_mut(tk * d))
                             .zip(dv.par_chunks_mut(tk * d))
                             .enumerate()
                             .for_each(|(task, ((dq_group, dk_head), dv_head))| {
                                 let batch = task / dims.hkv;
-                                let k_head = &k[task * tk * d..][..tk * d];
-                                let v_head = &v[task * tk * d..][..tk * d];
-                                let scratch = BLOCK.min(tq) * tk;
-                                let mut p = vec![0.0f32; scratch];
-                                let mut ds = vec![0.0f32; scratch];
-                                for g in 0..groups {
-                                    let head = task * q_block + g * tq * d;
-                                    let q_head = &q[head..][..tq * d];
-                                    let do_head = &dout[head..][..tq * d];
-                                    let dq_head = &mut dq_group[g * tq * d..][..tq * d];
-                                    for block in dims.blocks() {
-                                        self.backward_block(
-                                            dims,
-                                            batch,
-                                            block,
-                                            (q_head, k_head, v_head, do_head),
-                                            (&mut p, &mut ds),
-                                            (dq_head, &mut *dk_head, &mut *dv_head),
-                                        );
-                                    }
+                                let mut scratch = Scratch::new(dims, true);
+                                for block in dims.blocks() {
+                                    self.backward_block(
+                                        dims,
+                                        batch,
+                                        block,
+                                        &mut scratch,
+                                        (
+                                            &q[task * group..][..group],
+                                            &k[task * tk * d..][..tk * d],
+                                            &v[task * tk * d..][..tk * d],
+                                            &dout[task * group..][..group],
+                                        ),
+                                        (&mut *dq_group, &mut *dk_head, &mut *dv_head),
+                                    );
                                 }
                             });
                         Ok((dq, dk, dv))
@@ -391,24 +437,29 @@ impl CustomOp3 for CausalAttention {
 }
 
 impl CausalAttention {
-    /// The backward of one block of query rows of one head (see `bwd`).
+    /// The backward of one block of query positions of one group (see `bwd`).
     #[allow(clippy::type_complexity)]
     fn backward_block(
         &self,
         dims: Dims,
         batch: usize,
         block: Block,
-        (q_head, k_head, v_head, do_head): (&[f32], &[f32], &[f32], &[f32]),
-        (p, ds): (&mut [f32], &mut [f32]),
-        (dq_head, dk_head, dv_head): (&mut [f32], &mut [f32], &mut [f32]),
+        scratch: &mut Scratch,
+        (q_group, k_head, v_head, do_group): (&[f32], &[f32], &[f32], &[f32]),
+        (dq_group, dk_head, dv_head): (&mut [f32], &mut [f32], &mut [f32]),
     ) {
-        let (d, keys, rows) = (dims.d, block.keys, block.rows);
-        let q_rows = &q_head[block.i0 * d..][..rows * d];
-        let do_rows = &do_head[block.i0 * d..][..rows * d];
-        math::simd(
-            #[inline(always)]
-            || self.probabilities(dims, batch, block, q_head, k_head, p),
-        );
+        let (d, keys) = (dims.d, block.keys);
+        let rows = dims.groups() * block.rows;
+        let Scratch {
+            p,
+            ds,
+            q,
+            o: dout,
+            dq,
+        } = scratch;
+        gather(dims, block, q_group, q);
+        gather(dims, block, do_group, dout);
+        self.probabilities(dims, batch, block, q, k_head, p);
         // dP = dO Vᵀ  [rows, keys]
         gemm_block(
             (rows, keys, d),
@@ -416,7 +467,7 @@ impl CausalAttention {
             keys,
             false,
             1.0,
-            do_rows,
+            dout,
             (d, 1),
             v_head,
             (1, d),
@@ -440,7 +491,7 @@ impl CausalAttention {
         // dQ = dS K  [rows, d]
         gemm_block(
             (rows, d, keys),
-            &mut dq_head[block.i0 * d..],
+            dq,
             d,
             false,
             1.0,
@@ -449,7 +500,8 @@ impl CausalAttention {
             k_head,
             (d, 1),
         );
-        // dK[..keys] += dSᵀ Q  [keys, d]
+        scatter(dims, block, dq, dq_group);
+        // dK[..keys] += dSᵀ Q  [keys, d], summed over the G heads' rows
         gemm_block(
             (keys, d, rows),
             dk_head,
@@ -458,7 +510,7 @@ impl CausalAttention {
             1.0,
             ds,
             (1, keys),
-            q_rows,
+            q,
             (d, 1),
         );
         // dV[..keys] += Pᵀ dO  [keys, d]
@@ -470,7 +522,7 @@ impl CausalAttention {
             1.0,
             p,
             (1, keys),
-            do_rows,
+            dout,
             (d, 1),
         );
     }
