@@ -63,7 +63,13 @@ impl Dropout {
         dst.par_chunks_mut(CHUNK)
             .zip(src.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(c, (d, s))| self.apply(c * CHUNK, s, d));
+            .for_each(|(c, (d, s))| {
+                // AVX-512DQ multiplies 64-bit lanes (vpmullq), so the hash vectorises there.
+                crate::math::simd(
+                    #[inline(always)]
+                    || self.apply(c * CHUNK, s, d),
+                )
+            });
         dst
     }
 }
