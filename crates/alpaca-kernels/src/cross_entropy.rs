@@ -115,7 +115,12 @@ impl CustomOp2 for CrossEntropy {
             .par_chunks(c)
             .zip(targets.par_iter())
             .map(|(row, t)| match t {
-                Some(t) => (logsumexp(row) - row[*t]) as f64,
+                Some(t) => {
+                    (math::simd(
+                        #[inline(always)]
+                        || logsumexp(row),
+                    ) - row[*t]) as f64
+                }
                 None => 0.0,
             })
             .sum();
@@ -156,10 +161,15 @@ impl CustomOp2 for CrossEntropy {
                 .zip(targets.par_iter())
                 .for_each(|((dr, row), t)| {
                     if let Some(t) = *t {
-                        let lse = logsumexp(row);
-                        for (o, &v) in dr.iter_mut().zip(row) {
-                            *o = coef * math::exp(v - lse);
-                        }
+                        math::simd(
+                            #[inline(always)]
+                            || {
+                                let lse = logsumexp(row);
+                                for (o, &v) in dr.iter_mut().zip(row) {
+                                    *o = coef * math::exp(v - lse);
+                                }
+                            },
+                        );
                         dr[t] -= coef;
                     }
                 });
