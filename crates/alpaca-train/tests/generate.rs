@@ -254,3 +254,41 @@ fn a_prompt_that_extends_the_cached_tokens_reuses_them() {
         .unwrap();
     assert_eq!(other.reused_tokens, 0);
 }
+
+/// A stand-in for a LoRA adapter: adds x Mᵀ with a fixed M [out, in].
+struct FixedLowRank {
+    weight_transposed: Tensor,
+}
+
+impl alpaca_models::llama::ProjectionAdapter for FixedLowRank {
+    fn forward(&self, x: &Tensor, _mode: Mode) -> alpaca_models::Result<Tensor> {
+        Ok(x.broadcast_matmul(&self.weight_transposed)?)
+    }
+}
+
+#[test]
+fn an_adapter_attached_through_model_mut_is_used_by_generation() {
+    let mut generator = generator(11, 128, &[]);
+    let settings = options(Sampling::default(), 30);
+    let base = generator
+        .generate_from_ids(&PROMPT, &settings, |_| {})
+        .unwrap();
+    for projection in generator.model_mut().model.projections_mut() {
+        if projection.name.ends_with("v_proj") || projection.name.ends_with("down_proj") {
+            let (out, input) = projection.linear.weight.as_tensor().dims2().unwrap();
+            let values: Vec<f32> = (0..input * out)
+                .map(|k| ((k * 7 % 13) as f32 - 6.0) * 0.05)
+                .collect();
+            projection.adapter = Some(Box::new(FixedLowRank {
+                weight_transposed: Tensor::from_vec(values, (input, out), &Device::Cpu).unwrap(),
+            }));
+        }
+    }
+    let adapted = generator
+        .generate_from_ids(&PROMPT, &settings, |_| {})
+        .unwrap();
+    assert_eq!(adapted.reused_tokens, 0, "model_mut drops the cache");
+    assert_ne!(adapted.token_ids, base.token_ids);
+    let reference = generate_without_cache(generator.model(), &PROMPT, &Sampling::default(), 30);
+    assert_eq!(adapted.token_ids, reference);
+}
