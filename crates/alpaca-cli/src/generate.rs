@@ -13,6 +13,21 @@ use alpaca_train::self_instruct::{read_seed_tasks, SelfInstructOptions};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 
+/// The model, with the LoRA adapter of `adapter` attached when given.
+fn load_with_adapter(
+    model: &str,
+    adapter: Option<&std::path::Path>,
+) -> Result<(
+    alpaca_models::LlamaForCausalLM,
+    alpaca_train::generate::GenerationTokenizer,
+)> {
+    let (mut model, tokenizer) = load_for_generation(model)?;
+    if let Some(adapter) = adapter {
+        alpaca_models::lora::load_adapter(&mut model, adapter)?;
+    }
+    Ok((model, tokenizer))
+}
+
 /// How the next token is chosen (shared by `generate` and `chat`).
 #[derive(Args)]
 pub struct SamplingArgs {
@@ -71,6 +86,10 @@ pub struct GenerateArgs {
     /// id in the local cache.
     #[arg(long)]
     model: String,
+    /// A LoRA adapter (PEFT layout, e.g. runs/<name>/best of `train instruct`) applied to the
+    /// model without merging.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
     /// alpaca (Stanford's instruction prompt), chat (the model's chat template) or none (the
     /// text as is) [default: chat when the model has a chat template, else none].
     #[arg(long)]
@@ -145,7 +164,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         bail!("the prompt is empty; give the text to continue or the instruction to follow");
     }
     alpaca_train::threads::set_threads(args.sampling.threads);
-    let (model, tokenizer) = load_for_generation(&args.model)?;
+    let (model, tokenizer) = load_with_adapter(&args.model, args.adapter.as_deref())?;
     let template = template.unwrap_or_else(|| default_template(&tokenizer));
     let prompt = format_prompt(
         template,
@@ -168,6 +187,10 @@ pub struct ChatArgs {
     /// LLaMA-family model with a chat template: a directory in HF layout or a hub id.
     #[arg(long)]
     model: String,
+    /// A LoRA adapter (PEFT layout, e.g. runs/<name>/best of `train instruct`) applied to the
+    /// model without merging.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
     /// A system message put before the conversation.
     #[arg(long)]
     system: Option<String>,
@@ -183,7 +206,7 @@ pub struct ChatArgs {
 pub fn chat(args: ChatArgs) -> Result<()> {
     let options = args.sampling.options(512)?;
     alpaca_train::threads::set_threads(args.sampling.threads);
-    let (model, tokenizer) = load_for_generation(&args.model)?;
+    let (model, tokenizer) = load_with_adapter(&args.model, args.adapter.as_deref())?;
     if tokenizer.chat_template.is_none() {
         bail!(
             "{} has no chat template (tokenizer_config.json \"chat_template\" or \
@@ -251,6 +274,10 @@ pub struct SelfInstructArgs {
     /// LLaMA-family model: a directory in HF layout or a hub id.
     #[arg(long)]
     model: String,
+    /// A LoRA adapter (PEFT layout, e.g. runs/<name>/best of `train instruct`) applied to the
+    /// model without merging.
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
     /// Seed tasks: Stanford's seed_tasks.jsonl, or Alpaca JSON/JSONL or CSV instruction data.
     #[arg(long)]
     seed_tasks: PathBuf,
@@ -322,7 +349,7 @@ pub fn self_instruct(args: SelfInstructArgs) -> Result<()> {
         seed: args.seed,
     };
     alpaca_train::threads::set_threads(args.threads);
-    let (model, tokenizer) = load_for_generation(&args.model)?;
+    let (model, tokenizer) = load_with_adapter(&args.model, args.adapter.as_deref())?;
     let mut generator = Generator::new(model, tokenizer);
     let mut request = 0u64;
     let report = alpaca_train::self_instruct::self_instruct(&seeds, &options, |prompt| {

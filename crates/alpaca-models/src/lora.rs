@@ -219,6 +219,13 @@ pub fn save_adapter(
 /// freezes). Returns the adapter's config and parameters.
 pub fn load_adapter(model: &mut LlamaForCausalLM, dir: &Path) -> Result<(LoraConfig, Parameters)> {
     let config_path = dir.join("adapter_config.json");
+    if !config_path.is_file() {
+        return Err(ModelError::checkpoint(
+            dir,
+            "not a LoRA adapter directory: it has no adapter_config.json (give runs/<name>/best \
+             of `alpaca train instruct`, or a PEFT adapter)",
+        ));
+    }
     let text = std::fs::read_to_string(&config_path).map_err(|source| ModelError::Io {
         path: config_path.clone(),
         source,

@@ -1,0 +1,174 @@
+//! The decoder commands through the real binary, on a tiny random LLaMA the test builds:
+//! `train instruct` (LoRA) writes an adapter; `generate --adapter` answers with it; the model
+//! `merge-lora` writes answers the same; mistakes are clean errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use alpaca_data::tokenizer_training::{
+    save_tokenizer, train_tokenizer, TokenizerKind, TokenizerSpec,
+};
+use alpaca_models::{LlamaConfig, LlamaForCausalLM};
+
+const PAIRS: [(&str, &str); 4] = [
+    ("Name the colour of the sky.", "blue"),
+    ("What is two plus two?", "four"),
+    ("Say hello in French.", "bonjour"),
+    ("Which animal barks?", "a dog"),
+];
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_alpaca"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn succeeds(args: &[&str]) -> String {
+    let output = run(args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn fails(args: &[&str]) -> String {
+    let output = run(args);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+fn tiny_llama(dir: &Path) -> PathBuf {
+    let texts: Vec<String> = PAIRS
+        .iter()
+        .map(|(i, o)| alpaca_data::prompt::alpaca_prompt(i, "") + o)
+        .collect();
+    let spec = TokenizerSpec {
+        kind: TokenizerKind::Bpe,
+        vocab_size: 300,
+        min_frequency: 1,
+        lowercase: false,
+    };
+    let tokenizer = train_tokenizer(spec, texts.iter()).unwrap();
+    let model_dir = dir.join("tiny-llama");
+    save_tokenizer(&tokenizer, spec.kind, false, &model_dir).unwrap();
+    let config: LlamaConfig = serde_json::from_value(serde_json::json!({
+        "vocab_size": tokenizer.get_vocab_size(true), "hidden_size": 32,
+        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "max_position_embeddings": 256, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": true, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1
+    }))
+    .unwrap();
+    LlamaForCausalLM::new_random(config, 5)
+        .unwrap()
+        .save(&model_dir, &model_dir)
+        .unwrap();
+    model_dir
+}
+
+#[test]
+fn train_then_generate_with_the_adapter_then_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let model = tiny_llama(root);
+    let items: Vec<serde_json::Value> = PAIRS
+        .iter()
+        .map(|(i, o)| serde_json::json!({"instruction": i, "input": "", "output": o}))
+        .collect();
+    let data = root.join("pairs.json");
+    std::fs::write(&data, serde_json::to_string(&items).unwrap()).unwrap();
+    let run_dir = root.join("run");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let stdout = succeeds(&[
+        "train",
+        "instruct",
+        "--model",
+        &path(&model),
+        "--data",
+        &path(&data),
+        "--validation-split",
+        "0",
+        "--lora-targets",
+        "all-linear",
+        "--epochs",
+        "5",
+        "--lr",
+        "1e-2",
+        "--threads",
+        "1",
+        "--output",
+        &path(&run_dir),
+    ]);
+    assert!(stdout.contains("# Instruction-tuning report"), "{stdout}");
+    let adapter = run_dir.join("best");
+    assert!(adapter.join("adapter_config.json").is_file());
+
+    let generate = |model: &Path, adapter: Option<&Path>| {
+        let mut args = vec![
+            "generate".to_string(),
+            "--model".into(),
+            path(model),
+            "--template".into(),
+            "alpaca".into(),
+            "--max-new-tokens".into(),
+            "6".into(),
+            "--ignore-eos".into(),
+        ];
+        if let Some(adapter) = adapter {
+            args.extend(["--adapter".into(), path(adapter)]);
+        }
+        args.push(PAIRS[0].0.into());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        succeeds(&args)
+    };
+    let adapted = generate(&model, Some(&adapter));
+    let merged_dir = root.join("merged");
+    succeeds(&[
+        "merge-lora",
+        "--model",
+        &path(&model),
+        "--adapter",
+        &path(&adapter),
+        "--output",
+        &path(&merged_dir),
+    ]);
+    assert_eq!(generate(&merged_dir, None), adapted);
+
+    let stderr = fails(&[
+        "merge-lora",
+        "--model",
+        &path(&model),
+        "--adapter",
+        &path(&adapter),
+        "--output",
+        &path(&merged_dir),
+    ]);
+    assert!(stderr.contains("--overwrite"), "{stderr}");
+    let stderr = fails(&[
+        "generate",
+        "--model",
+        &path(&model),
+        "--adapter",
+        &path(&data),
+        "hello",
+    ]);
+    assert!(stderr.contains("not a LoRA adapter directory"), "{stderr}");
+    let stderr = fails(&[
+        "train",
+        "instruct",
+        "--model",
+        &path(&model),
+        "--data",
+        &path(&data),
+        "--lora-targets",
+        "query,value",
+        "--output",
+        &path(&root.join("bad")),
+    ]);
+    assert!(stderr.contains("unknown LoRA target"), "{stderr}");
+    assert!(!root.join("bad").exists());
+}
