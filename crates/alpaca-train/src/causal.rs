@@ -8,7 +8,6 @@ use std::path::{Path, PathBuf};
 use alpaca_data::batch::{length_grouped_order, sorted_by_length_order};
 use alpaca_data::prompt::{ChatTemplate, SpecialTokens};
 use alpaca_models::causal_lm::{LlamaForCausalLM, IGNORE_INDEX};
-use alpaca_models::llama::KvCache;
 use alpaca_models::lora::{save_adapter, LoraConfig};
 use alpaca_models::{Mode, ModelDir, Parameters};
 use alpaca_track::progress_bar;
@@ -266,46 +265,6 @@ pub fn evaluate(
     }
     bar.finish_and_clear();
     Ok((sum / tokens.max(1) as f64, tokens))
-}
-
-/// Greedy continuation of `prompt` (KV cache), decoded without special tokens, for the
-/// report's before/after table.
-pub fn greedy_response(
-    model: &LlamaForCausalLM,
-    tokenizer: &Tokenizer,
-    prompt: &str,
-    bos: Option<u32>,
-    eos_ids: &[u32],
-    max_new_tokens: usize,
-) -> Result<String> {
-    let encoding = tokenizer
-        .encode(prompt, false)
-        .map_err(|e| anyhow!("tokenizing the prompt: {e}"))?;
-    let mut ids: Vec<u32> = bos.into_iter().collect();
-    ids.extend_from_slice(encoding.get_ids());
-    let room = model
-        .config()
-        .max_position_embeddings
-        .saturating_sub(max_new_tokens);
-    if ids.len() > room {
-        ids.drain(..ids.len() - room);
-    }
-    let mut cache = KvCache::new();
-    let mut input = Tensor::from_vec(ids.clone(), (1, ids.len()), &Device::Cpu)?;
-    let mut generated = Vec::new();
-    for _ in 0..max_new_tokens {
-        let logits = model.forward_with_cache(&input, &mut cache)?;
-        let next = logits.argmax(1)?.to_vec1::<u32>()?[0];
-        if eos_ids.contains(&next) {
-            break;
-        }
-        generated.push(next);
-        input = Tensor::from_vec(vec![next], (1, 1), &Device::Cpu)?;
-    }
-    tokenizer
-        .decode(&generated, true)
-        .map(|text| text.trim().to_string())
-        .map_err(|e| anyhow!("decoding: {e}"))
 }
 
 /// What trains: every weight, or LoRA adapters (their config and parameters).

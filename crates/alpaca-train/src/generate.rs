@@ -347,6 +347,11 @@ impl Generator {
         &mut self.model
     }
 
+    /// The model and tokenizer back (e.g. to train the model after generating with it).
+    pub fn into_parts(self) -> (LlamaForCausalLM, GenerationTokenizer) {
+        (self.model, self.tokenizer)
+    }
+
     pub fn tokenizer(&self) -> &GenerationTokenizer {
         &self.tokenizer
     }

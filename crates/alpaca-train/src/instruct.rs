@@ -20,10 +20,11 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use crate::causal::{
-    chat_template, evaluate, greedy_response, pack_examples, train_causal, CausalExample,
-    CausalRun, CausalSetup, LoopSettings, LossEvaluation, Trainable,
+    chat_template, evaluate, pack_examples, train_causal, CausalExample, CausalRun, CausalSetup,
+    LoopSettings, LossEvaluation, Trainable,
 };
 use crate::config::InstructConfig;
+use crate::generate::{GenerationOptions, GenerationTokenizer, Generator};
 
 /// What was read, and what could not be used.
 #[derive(Debug, Clone, Serialize)]
@@ -340,22 +341,28 @@ pub fn train(config: &InstructConfig) -> Result<InstructReport> {
         }
     };
 
-    let mut model = setup.load_model()?;
-    let eos_ids = model.config().eos_token_ids();
-    let respond = |model: &LlamaForCausalLM, prompt: &str| {
-        greedy_response(
-            model,
-            &setup.tokenizer,
-            prompt,
-            special.bos,
-            &eos_ids,
-            config.report_max_new_tokens,
-        )
+    // Greedy answers, the prompt tokenized as in training (BOS when the model wants it).
+    let options = GenerationOptions {
+        max_new_tokens: config.report_max_new_tokens,
+        ..GenerationOptions::default()
     };
+    let respond = |generator: &mut Generator, prompt: &str| -> Result<String> {
+        let mut ids: Vec<u32> = special.bos.into_iter().collect();
+        ids.extend(generator.tokenizer().encode(prompt, false)?);
+        Ok(generator
+            .generate_from_ids(&ids, &options, |_| {})?
+            .text
+            .trim()
+            .to_string())
+    };
+    let model = setup.load_model()?;
+    let generation_tokenizer = GenerationTokenizer::from_dir(&setup.tokenizer_dir, model.config())?;
+    let mut generator = Generator::new(model, generation_tokenizer);
     let base_responses: Vec<String> = prompts
         .iter()
-        .map(|(_, prompt)| respond(&model, prompt))
+        .map(|(_, prompt)| respond(&mut generator, prompt))
         .collect::<Result<_>>()?;
+    let (mut model, generation_tokenizer) = generator.into_parts();
 
     let trainable = match lora {
         None => Trainable::Full,
@@ -398,12 +405,13 @@ pub fn train(config: &InstructConfig) -> Result<InstructReport> {
         )?;
         run.after = Some(LossEvaluation::of(loss));
     }
+    let mut generator = Generator::new(tuned, generation_tokenizer);
     let mut responses = Vec::new();
     for ((shown, prompt), base) in prompts.iter().zip(base_responses) {
         responses.push(ResponsePair {
             prompt: shown.clone(),
             base,
-            tuned: respond(&tuned, prompt)?,
+            tuned: respond(&mut generator, prompt)?,
         });
     }
     let report = InstructReport {
