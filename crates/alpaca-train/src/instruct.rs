@@ -31,7 +31,7 @@ use crate::generate::{GenerationOptions, GenerationTokenizer, Generator};
 pub struct InstructData {
     pub train_examples: usize,
     pub held_out_examples: usize,
-    /// Records skipped when reading (source and reason), at most the first 20.
+    /// Records skipped when reading (source and reason): the first 19 and the last.
     pub skipped: Vec<Skipped>,
     pub skipped_total: usize,
     /// Examples longer than max_len, cut at the end.
@@ -291,7 +291,13 @@ pub fn train(config: &InstructConfig) -> Result<InstructReport> {
         train_examples: train_examples.len(),
         held_out_examples: held_out_examples.len(),
         skipped_total: skipped.len(),
-        skipped: skipped.into_iter().take(20).collect(),
+        // The first 19 and the last: a truncated file's cut is the last entry.
+        skipped: if skipped.len() > 20 {
+            let last = skipped[skipped.len() - 1].clone();
+            skipped.into_iter().take(19).chain([last]).collect()
+        } else {
+            skipped
+        },
         truncated: counts.0,
         dropped_without_response: counts.1,
         template: config.template.clone(),

@@ -7,9 +7,9 @@
 pub mod bench;
 pub mod causal;
 pub mod classify;
-pub mod clm;
 pub mod classify_predict;
 pub mod classify_report;
+pub mod clm;
 pub mod config;
 pub mod epoch;
 pub mod evaluate;
