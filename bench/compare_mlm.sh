@@ -3,10 +3,11 @@
 # same WordPiece tokenizer (trained here by alpaca), same blocks, same held-out files, same
 # hyper-parameters, fp32 on the same threads. Prints alpaca's report and the peer's JSON line.
 #
-#   bench/compare_mlm.sh [STEPS]          (default 300; run on an idle machine)
+#   bench/compare_mlm.sh [STEPS] [SEED]   (defaults 300, 42; run on an idle machine)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 steps="${1:-300}"
+seed="${2:-42}"
 assets="${ALPACA_ASSETS:-$HOME/.cache/alpaca/assets}"
 python="${PYTHON:-$HOME/.cache/alpaca/venv/bin/python}"
 work="${WORK:-/tmp/alpaca-mlm-bench}"
@@ -27,7 +28,7 @@ echo "train files: ${#train[@]}, held-out files: ${#dev[@]}" >&2
 ./target/release/alpaca tokenizer train --kind wordpiece --vocab-size 16000 --overwrite \
   --output "$work/tokenizer" "${train[@]}" >&2
 
-common=(--max-len 128 --batch-size 32 --lr 5e-4 --warmup-ratio 0.1 --weight-decay 0.01)
+common=(--max-len 128 --batch-size 32 --lr 5e-4 --warmup-ratio 0.1 --weight-decay 0.01 --seed "$seed")
 ./target/release/alpaca train mlm --config examples/bert-small.toml --tokenizer "$work/tokenizer" \
   --corpus "${train[@]}" --dev "${dev[@]}" --output "$work/alpaca" --overwrite \
   --max-steps "$steps" --threads 2 --log-every 50 "${common[@]}"
