@@ -502,19 +502,19 @@ pub fn train_causal(
     };
 
     let lengths: Vec<usize> = train.iter().map(|e| e.input_ids.len()).collect();
-    let batches_per_epoch = train.len().div_ceil(settings.batch_size);
-    let steps_per_epoch = batches_per_epoch.div_ceil(settings.gradient_accumulation);
-    let (epochs, total_steps) = match settings.max_steps {
-        Some(0) => bail!("max_steps must be at least 1"),
-        Some(steps) => (steps.div_ceil(steps_per_epoch), steps),
-        None => (settings.epochs, steps_per_epoch * settings.epochs),
-    };
-    let schedule = Schedule {
-        kind: settings.schedule,
-        peak: settings.learning_rate(),
-        warmup_steps: (settings.warmup_ratio * total_steps as f64).round() as usize,
-        total_steps,
-    };
+    if settings.max_steps == Some(0) {
+        bail!("max_steps must be at least 1");
+    }
+    let (schedule, epochs) = Schedule::for_steps(
+        settings.schedule,
+        settings.learning_rate(),
+        settings.warmup_ratio,
+        train.len().div_ceil(settings.batch_size),
+        settings.gradient_accumulation,
+        settings.epochs,
+        settings.max_steps,
+    );
+    let total_steps = schedule.total_steps;
     let mut optimizer = AdamW::new(&parameters, settings.weight_decay);
     let best_dir = run_dir.join("best");
     let mut stopped_early = false;

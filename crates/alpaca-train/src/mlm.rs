@@ -425,18 +425,16 @@ pub fn train(config: &MlmConfig) -> Result<MlmReport> {
 
     // The schedule spans `max_steps`, or every epoch's steps (NSP epochs differ slightly in
     // size; the first epoch's count stands for all).
-    let batches_per_epoch = first_instances.len().div_ceil(config.batch_size);
-    let steps_per_epoch = batches_per_epoch.div_ceil(config.gradient_accumulation);
-    let (epochs, total_steps) = match config.max_steps {
-        Some(steps) => (steps.div_ceil(steps_per_epoch), steps),
-        None => (config.epochs, steps_per_epoch * config.epochs),
-    };
-    let schedule = Schedule {
-        kind: config.schedule,
-        peak: config.lr,
-        warmup_steps: (config.warmup_ratio * total_steps as f64).round() as usize,
-        total_steps,
-    };
+    let (schedule, epochs) = Schedule::for_steps(
+        config.schedule,
+        config.lr,
+        config.warmup_ratio,
+        first_instances.len().div_ceil(config.batch_size),
+        config.gradient_accumulation,
+        config.epochs,
+        config.max_steps,
+    );
+    let total_steps = schedule.total_steps;
     let mut optimizer = AdamW::new(&model.parameters, config.weight_decay);
     let best_dir = run.join("best");
     let mut stopped_early = false;

@@ -29,13 +29,42 @@ impl Schedule {
         gradient_accumulation: usize,
         epochs: usize,
     ) -> Self {
-        let total_steps = batches_per_epoch.div_ceil(gradient_accumulation.max(1)) * epochs;
-        Schedule {
+        Self::for_steps(
+            kind,
+            peak,
+            warmup_ratio,
+            batches_per_epoch,
+            gradient_accumulation,
+            epochs,
+            None,
+        )
+        .0
+    }
+
+    /// As [`Schedule::for_run`], or, with `max_steps`, a schedule spanning exactly that many
+    /// optimiser steps. Returns the schedule and the epochs needed to take its steps (the
+    /// caller stops the last one early).
+    pub fn for_steps(
+        kind: ScheduleKind,
+        peak: f64,
+        warmup_ratio: f64,
+        batches_per_epoch: usize,
+        gradient_accumulation: usize,
+        epochs: usize,
+        max_steps: Option<usize>,
+    ) -> (Self, usize) {
+        let steps_per_epoch = batches_per_epoch.div_ceil(gradient_accumulation.max(1));
+        let (epochs, total_steps) = match max_steps {
+            Some(steps) => (steps.div_ceil(steps_per_epoch.max(1)), steps),
+            None => (epochs, steps_per_epoch * epochs),
+        };
+        let schedule = Schedule {
             kind,
             peak,
             warmup_steps: (warmup_ratio * total_steps as f64).round() as usize,
             total_steps,
-        }
+        };
+        (schedule, epochs)
     }
 
     /// The learning rate for optimiser step `step` (0-based): linear warm-up from 0 to `peak`
