@@ -8,7 +8,9 @@ response), EOS appended, loss on response tokens only (prompt tokenized alone an
 -100, as Stanford's train.py does), cut to --max-len tokens; length-grouped batches (mega-batches
 of 50 batches sorted by length, the batch holding the longest example first); AdamW (no weight
 decay), lr 2e-4 with LoRA / 2e-5 full, 3% warm-up then cosine decay, clipping 1.0; LoRA r 8,
-alpha 16, dropout 0.05 on q_proj/v_proj. fp32, --threads threads. A plain training loop (no
+alpha 16, dropout 0.05 on q_proj/v_proj. fp32, --threads threads; or --precision bf16:
+the forward under torch.autocast(cpu, bfloat16) over the f32 model, or bf16-weights: the base
+model loaded in bfloat16 (PEFT keeps the adapters in f32). A plain training loop (no
 Trainer), so nothing but the model's forward/backward and the optimiser is timed.
 
 Prints one JSON line: steps, real (non-padding) tokens, seconds, tokens/s (all steps, and
@@ -70,6 +72,7 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--full", action="store_true", help="train all weights, no LoRA")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--precision", choices=["fp32", "bf16", "bf16-weights"], default="fp32")
     args = parser.parse_args()
 
     import torch
@@ -92,7 +95,8 @@ def main():
         if any(label != -100 for label in labels[1:]):
             examples.append((ids, labels))
 
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    weights = torch.bfloat16 if args.precision == "bf16-weights" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=weights)
     model.config.use_cache = False
     if args.full:
         lr = args.lr or 2e-5
@@ -124,7 +128,8 @@ def main():
         start = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
@@ -136,6 +141,7 @@ def main():
     rest = slice(1, None) if len(times) > 1 else slice(None)
     print(json.dumps({
         "peer": "transformers+peft" if not args.full else "transformers (full)",
+        "precision": args.precision,
         "steps": len(times),
         "real_tokens": sum(tokens),
         "seconds": round(sum(times), 3),

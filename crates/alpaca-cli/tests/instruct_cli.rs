@@ -172,3 +172,81 @@ fn train_then_generate_with_the_adapter_then_merge() {
     assert!(stderr.contains("unknown LoRA target"), "{stderr}");
     assert!(!root.join("bad").exists());
 }
+
+#[test]
+fn bf16_lora_trains_through_the_binary_and_bad_precisions_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let model = tiny_llama(root);
+    let items: Vec<serde_json::Value> = PAIRS
+        .iter()
+        .map(|(i, o)| serde_json::json!({"instruction": i, "input": "", "output": o}))
+        .collect();
+    let data = root.join("pairs.json");
+    std::fs::write(&data, serde_json::to_string(&items).unwrap()).unwrap();
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let (model, data) = (path(&model), path(&data));
+    let train = |precision: &str, extra: &[&str], output: &Path| {
+        let output = path(output);
+        let mut args = vec![
+            "train",
+            "instruct",
+            "--model",
+            &model,
+            "--data",
+            &data,
+            "--precision",
+            precision,
+            "--validation-split",
+            "0",
+            "--lora-targets",
+            "all-linear",
+            "--epochs",
+            "4",
+            "--lr",
+            "1e-2",
+            "--threads",
+            "1",
+            "--output",
+            &output,
+        ];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let run_dir = root.join("bf16");
+    let output = train("bf16", &[], &run_dir);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap())
+            .unwrap();
+    // bf16 where the CPU has AVX512-BF16, else fp32 with a notice.
+    let expected = if alpaca_kernels::bf16_gemm::has_avx512_bf16() {
+        "bf16"
+    } else {
+        "fp32"
+    };
+    assert_eq!(report["run"]["precision"], expected, "{report}");
+    let losses: Vec<f64> = report["run"]["epochs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["train_loss"].as_f64().unwrap())
+        .collect();
+    assert!(losses.last() < losses.first(), "{losses:?}");
+
+    for (precision, extra, message) in [
+        ("bf16", &["--full"][..], "LoRA's frozen base weights only"),
+        ("fp16", &[][..], "expected fp32 or bf16"),
+    ] {
+        let bad = root.join(format!("bad-{precision}"));
+        let output = train(precision, extra, &bad);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains(message), "{stderr}");
+        assert!(!bad.exists());
+    }
+}

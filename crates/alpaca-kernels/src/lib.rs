@@ -10,9 +10,11 @@
 //! autograd graph intact) and returns an error, not a panic, for other dtypes/devices.
 
 pub mod adamw;
+pub mod bf16_gemm;
 pub mod causal_attention;
 pub mod cross_entropy;
 pub mod dropout;
+pub mod frozen_linear;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
@@ -27,6 +29,7 @@ pub use adamw::{adamw_step, scale_in_place, squared_norm, AdamWParams};
 pub use causal_attention::causal_attention;
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
+pub use frozen_linear::{frozen_linear, FrozenWeight};
 pub use gelu::{bias_gelu, gelu};
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_no_bias};
@@ -35,6 +38,51 @@ pub use rope::{rope, RopeTables};
 pub use silu_mul::silu_mul;
 pub use softmax::masked_softmax;
 
+/// The number format of the large matrix products. Master weights, optimiser state, norms,
+/// softmax and losses stay f32 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Precision {
+    #[default]
+    Fp32,
+    /// bf16 operands, f32 accumulation (as `torch.autocast(bfloat16)`).
+    Bf16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        match text {
+            "fp32" | "f32" | "float32" => Ok(Precision::Fp32),
+            "bf16" | "bfloat16" => Ok(Precision::Bf16),
+            other => Err(format!("precision {other:?}: expected fp32 or bf16")),
+        }
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl Precision {
+    /// What this CPU runs: bf16 needs AVX512-BF16 (a portable bf16 kernel exists for tests but
+    /// is far slower than f32), so without it bf16 falls back to fp32 with the reason.
+    pub fn on_this_cpu(self) -> (Precision, Option<&'static str>) {
+        match self {
+            Precision::Bf16 if !bf16_gemm::has_avx512_bf16() => (
+                Precision::Fp32,
+                Some("this CPU has no AVX512-BF16; running the matrix products in fp32"),
+            ),
+            other => (other, None),
+        }
+    }
+}
+
 /// Which SIMD extensions this CPU offers at runtime, for the CLI's startup line,
 /// e.g. `"avx512f=yes avx2=yes fma=yes"`.
 pub fn cpu_features() -> String {
@@ -42,8 +90,9 @@ pub fn cpu_features() -> String {
     {
         let yn = |b: bool| if b { "yes" } else { "no" };
         format!(
-            "avx512f={} avx2={} fma={}",
+            "avx512f={} avx512bf16={} avx2={} fma={}",
             yn(std::arch::is_x86_feature_detected!("avx512f")),
+            yn(bf16_gemm::has_avx512_bf16()),
             yn(std::arch::is_x86_feature_detected!("avx2")),
             yn(std::arch::is_x86_feature_detected!("fma")),
         )

@@ -4,6 +4,9 @@
 //! next-token loss; loading and saving in the layout transformers reads.
 
 use std::path::Path;
+use std::sync::Arc;
+
+use alpaca_kernels::FrozenWeight;
 
 use candle_core::{Tensor, Var};
 use serde_json::{json, Value};
@@ -30,6 +33,8 @@ pub struct LlamaForCausalLM {
     config_json: Value,
     /// The head takes no gradient (LoRA).
     frozen: bool,
+    /// The frozen head in bf16 (see [`LlamaForCausalLM::pack_frozen_bf16`]).
+    head_bf16: Option<Arc<FrozenWeight>>,
 }
 
 impl LlamaForCausalLM {
@@ -81,6 +86,7 @@ impl LlamaForCausalLM {
                 parameters,
                 config_json,
                 frozen: false,
+                head_bf16: None,
             },
             report,
         ))
@@ -120,6 +126,9 @@ impl LlamaForCausalLM {
 
     /// hidden [.., H] → [.., vocab]
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        if let Some(packed) = &self.head_bf16 {
+            return Ok(alpaca_kernels::frozen_linear(hidden, packed)?);
+        }
         let head = if self.frozen {
             self.lm_head.as_tensor().detach()
         } else {
@@ -132,6 +141,19 @@ impl LlamaForCausalLM {
     pub fn freeze(&mut self) {
         self.frozen = true;
         self.model.freeze();
+    }
+
+    /// Runs the products of every frozen weight (the base projections and the output head
+    /// under LoRA) in bf16, packed once; see [`LlamaModel::pack_frozen_bf16`]. Returns the
+    /// bytes the packed copies hold.
+    pub fn pack_frozen_bf16(&mut self) -> Result<usize> {
+        let mut bytes = self.model.pack_frozen_bf16()?;
+        if self.frozen {
+            let packed = FrozenWeight::pack(self.lm_head.as_tensor())?;
+            bytes += packed.size_in_bytes();
+            self.head_bf16 = Some(packed);
+        }
+        Ok(bytes)
     }
 
     /// The output layer applied to hidden states [.., H] → logits [.., vocab] (for callers that

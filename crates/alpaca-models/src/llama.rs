@@ -5,6 +5,9 @@
 //! Shapes: b = batch, t = tokens in this call, H = hidden size, hq/hkv = query/key-value heads,
 //! d = head_dim, F = intermediate size, P = tokens already in the KV cache.
 
+use std::sync::Arc;
+
+use alpaca_kernels::FrozenWeight;
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -220,6 +223,9 @@ pub struct Projection {
     pub adapter: Option<Box<dyn ProjectionAdapter>>,
     /// The base weight takes no gradient (see [`LlamaModel::freeze`]).
     pub frozen: bool,
+    /// The frozen weight in bf16, when the products run in bf16 (see
+    /// [`LlamaModel::pack_frozen_bf16`]); it replaces `linear.weight` in forward.
+    pub bf16: Option<Arc<FrozenWeight>>,
 }
 
 impl Projection {
@@ -240,6 +246,7 @@ impl Projection {
             linear: Linear { weight, bias: None },
             adapter: None,
             frozen: false,
+            bf16: None,
         })
     }
 
@@ -250,7 +257,10 @@ impl Projection {
 
     /// x [.., in] → [.., out]
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        let base = alpaca_kernels::linear_no_bias(x, &live(&self.linear.weight, self.frozen))?;
+        let base = match &self.bf16 {
+            Some(packed) => alpaca_kernels::frozen_linear(x, packed)?,
+            None => alpaca_kernels::linear_no_bias(x, &live(&self.linear.weight, self.frozen))?,
+        };
         match &self.adapter {
             Some(adapter) => Ok((base + adapter.forward(x, mode)?)?),
             None => Ok(base),
@@ -523,6 +533,22 @@ impl LlamaModel {
         for projection in self.projections_mut() {
             projection.frozen = true;
         }
+    }
+
+    /// Converts every frozen projection's weight to bf16 for its products (forward and input
+    /// gradient), packed once: LoRA's base then runs at the bf16 rate. Returns the bytes the
+    /// packed copies hold. Call after [`freeze`](Self::freeze); a weight changed afterwards
+    /// must be packed again.
+    pub fn pack_frozen_bf16(&mut self) -> Result<usize> {
+        let mut bytes = 0;
+        for projection in self.projections_mut() {
+            if projection.frozen {
+                let packed = FrozenWeight::pack(projection.linear.weight.as_tensor())?;
+                bytes += packed.size_in_bytes();
+                projection.bf16 = Some(packed);
+            }
+        }
+        Ok(bytes)
     }
 
     fn check_positions(&self, offset: usize, length: usize) -> Result<()> {

@@ -304,6 +304,8 @@ pub fn merge_adapters(model: &mut LlamaForCausalLM) -> Result<()> {
         let delta = adapter.forward(&identity, Mode::EVAL)?.t()?;
         let merged = (projection.linear.weight.as_tensor() + delta)?;
         projection.linear.weight.set(&merged)?;
+        // A bf16 copy of the old weight would hide the merge.
+        projection.bf16 = None;
     }
     Ok(())
 }
@@ -421,6 +423,71 @@ mod tests {
             let merged = logits(&model);
             assert!(max_difference(&adapted, &merged) < 1e-4, "r {r}");
         }
+    }
+
+    /// The adapters' gradients, by name.
+    fn adapter_gradients(model: &LlamaForCausalLM, parameters: &Parameters) -> Vec<Tensor> {
+        let labels = ids().to_dtype(DType::I64).unwrap();
+        let loss = LlamaForCausalLM::loss(&logits(model), &labels).unwrap();
+        let gradients = loss.backward().unwrap();
+        for (name, var) in model.parameters.iter() {
+            assert!(gradients.get(var.as_tensor()).is_none(), "base {name}");
+        }
+        parameters
+            .iter()
+            .map(|(name, var)| {
+                gradients
+                    .get(var.as_tensor())
+                    .unwrap_or_else(|| panic!("{name}"))
+                    .clone()
+            })
+            .collect()
+    }
+
+    fn largest(t: &Tensor) -> f32 {
+        t.abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn bf16_base_products_follow_the_f32_model_and_merging_drops_them() {
+        let mut model = tiny();
+        let parameters = attach_lora(&mut model, &config(&["all-linear"], 4), 3).unwrap();
+        perturb(&parameters);
+        let f32_logits = logits(&model);
+        let f32_gradients = adapter_gradients(&model, &parameters);
+
+        let bytes = model.pack_frozen_bf16().unwrap();
+        assert!(bytes > 0);
+        let bf16_logits = logits(&model);
+        // bf16 operands (8 significant bits): close to f32, but not equal (the packs are used).
+        let difference = max_difference(&f32_logits, &bf16_logits);
+        assert!(
+            difference > 0.0 && difference < 0.02 * largest(&f32_logits),
+            "{difference}"
+        );
+        let bf16_gradients = adapter_gradients(&model, &parameters);
+        for ((name, _), (f32_gradient, bf16_gradient)) in parameters
+            .iter()
+            .zip(f32_gradients.iter().zip(&bf16_gradients))
+        {
+            let error = max_difference(f32_gradient, bf16_gradient);
+            assert!(
+                error <= 0.03 * largest(f32_gradient) + 1e-7,
+                "{name}: {error}"
+            );
+        }
+
+        // Merging changes the base weights: the bf16 copies of the old ones must go.
+        merge_adapters(&mut model).unwrap();
+        assert!(model.model.projections_mut().all(|p| p.bf16.is_none()));
+        assert!(max_difference(&f32_logits, &logits(&model)) < 0.02 * largest(&f32_logits));
     }
 
     #[test]

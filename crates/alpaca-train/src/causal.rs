@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use alpaca_data::batch::{length_grouped_order, sorted_by_length_order};
 use alpaca_data::prompt::{ChatTemplate, SpecialTokens};
+use alpaca_kernels::Precision;
 use alpaca_models::causal_lm::{LlamaForCausalLM, IGNORE_INDEX};
 use alpaca_models::lora::{save_adapter, LoraConfig};
 use alpaca_models::{Mode, ModelDir, Parameters};
@@ -322,6 +323,8 @@ pub struct CausalRun {
     pub training: String,
     pub parameters: usize,
     pub trainable_parameters: usize,
+    /// fp32 or bf16 (the frozen weights' products).
+    pub precision: String,
     pub threads: usize,
     pub epochs: Vec<CausalEpochRecord>,
     pub best_epoch: Option<usize>,
@@ -337,11 +340,12 @@ impl CausalRun {
     pub fn to_markdown(&self, title: &str) -> String {
         let mut md = format!("# {title}: {}\n\n", self.output);
         md.push_str(&format!(
-            "model `{}`, {}: {} of {} parameters trained, {} threads, peak RSS {:.0} MB\n\n",
+            "model `{}`, {}: {} of {} parameters trained, {} products, {} threads, peak RSS {:.0} MB\n\n",
             self.model,
             self.training,
             self.trainable_parameters,
             self.parameters,
+            self.precision,
             self.threads,
             self.peak_rss_mb
         ));
@@ -404,12 +408,30 @@ pub struct LoopSettings {
     pub lora_alpha: f64,
     pub lora_dropout: f64,
     pub lora_targets: String,
+    /// fp32, or bf16 for the products of the frozen base weights (LoRA).
+    pub precision: String,
 }
 
 impl LoopSettings {
     pub fn of(config: &impl Serialize) -> Result<Self> {
         let value = serde_json::to_value(config).context("config serialises")?;
         serde_json::from_value(value).context("config lacks a training key")
+    }
+
+    /// The precision asked for, checked against the training mode; fp32 (with the reason to
+    /// tell the user) where this CPU cannot run bf16.
+    pub fn precision(&self) -> Result<(Precision, Option<&'static str>)> {
+        let asked: Precision = self
+            .precision
+            .parse()
+            .map_err(|m: String| anyhow::anyhow!("precision: {m}"))?;
+        if asked == Precision::Bf16 && self.full {
+            bail!(
+                "precision bf16 is implemented for LoRA's frozen base weights only; full \
+                 fine-tuning (--full) runs in fp32 (use --precision fp32)"
+            );
+        }
+        Ok(asked.on_this_cpu())
     }
 
     pub fn learning_rate(&self) -> f64 {
@@ -452,6 +474,17 @@ pub fn train_causal(
         bail!("batch_size, gradient_accumulation and epochs must be at least 1");
     }
     let run_dir = &settings.output;
+    let (precision, notice) = settings.precision()?;
+    if let Some(notice) = notice {
+        eprintln!("alpaca: {notice}");
+    }
+    if precision == Precision::Bf16 {
+        let bytes = model.pack_frozen_bf16()?;
+        eprintln!(
+            "alpaca: frozen weights packed in bf16 for their products ({:.0} MiB)",
+            bytes as f64 / (1 << 20) as f64
+        );
+    }
     let parameters = match trainable {
         Trainable::Full => model.parameters.clone(),
         Trainable::Lora(_, adapters) => adapters.clone(),
@@ -462,7 +495,7 @@ pub fn train_causal(
             Trainable::Lora(_, adapters) => adapters.count(),
         };
     eprintln!(
-        "alpaca: {} ({}: {} of {total_parameters} parameters), {threads} threads, {}",
+        "alpaca: {} ({}: {} of {total_parameters} parameters), {precision}, {threads} threads, {}",
         setup.name,
         trainable.describe(),
         parameters.count(),
@@ -472,6 +505,7 @@ pub fn train_causal(
     metrics.log(
         "load",
         json!({"model": setup.name, "training": trainable.describe(),
+               "precision": precision.to_string(),
                "trainable_parameters": parameters.count(), "train_examples": train.len(),
                "held_out_examples": held_out.len()}),
     )?;
@@ -624,6 +658,7 @@ pub fn train_causal(
         training: trainable.describe(),
         parameters: total_parameters,
         trainable_parameters: parameters.count(),
+        precision: precision.to_string(),
         threads,
         epochs: state.records,
         best_epoch: state.tracker.best_epoch,

@@ -338,6 +338,9 @@ fn default_lora_dropout() -> f64 {
 fn default_lora_targets() -> String {
     "q_proj,v_proj".into()
 }
+fn default_precision() -> String {
+    "fp32".into()
+}
 fn default_report_tokens() -> usize {
     64
 }
@@ -386,6 +389,9 @@ pub struct InstructConfig {
     /// down_proj) or all-linear.
     #[serde(default = "default_lora_targets")]
     pub lora_targets: String,
+    /// fp32, or bf16: the frozen base weights' products (LoRA) in bf16 with f32 sums.
+    #[serde(default = "default_precision")]
+    pub precision: String,
     pub output: PathBuf,
     #[serde(default = "default_epochs")]
     pub epochs: usize,
@@ -472,6 +478,9 @@ pub struct ClmConfig {
     pub lora_dropout: f64,
     #[serde(default = "default_lora_targets")]
     pub lora_targets: String,
+    /// fp32, or bf16: the frozen base weights' products (LoRA) in bf16 with f32 sums.
+    #[serde(default = "default_precision")]
+    pub precision: String,
     pub output: PathBuf,
     #[serde(default = "default_pretraining_epochs")]
     pub epochs: usize,

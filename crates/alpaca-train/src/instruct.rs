@@ -10,6 +10,7 @@ use std::path::Path;
 
 use alpaca_data::instructions::{read_instructions, Conversation, CsvLayout, Role, Skipped};
 use alpaca_data::prompt::{format_conversation, tokenize_pieces, SpecialTokens, Template};
+use alpaca_kernels::Precision;
 use alpaca_models::lora::{attach_lora, load_adapter};
 use alpaca_models::{LlamaForCausalLM, ModelDir};
 use anyhow::{bail, Context, Result};
@@ -211,6 +212,8 @@ pub fn train(config: &InstructConfig) -> Result<InstructReport> {
         bail!("--on-error {:?}: expected skip or fail", config.on_error);
     }
     let settings = LoopSettings::of(config)?;
+    // Checked before the data and the model load.
+    settings.precision()?;
     let lora = if config.full {
         None
     } else {
@@ -399,6 +402,10 @@ pub fn train(config: &InstructConfig) -> Result<InstructReport> {
         Trainable::Lora(..) => {
             let mut tuned = setup.load_model()?;
             load_adapter(&mut tuned, &best)?;
+            // Scored with the products the run trained and evaluated with.
+            if run.precision.parse() == Ok(Precision::Bf16) {
+                tuned.pack_frozen_bf16()?;
+            }
             tuned
         }
     };

@@ -1,0 +1,165 @@
+//! `y = x Wᵀ` for a weight that does not train (LoRA's frozen base projections, a frozen output
+//! head), with both of its products in bf16: the forward, and the input gradient
+//! `dx = dy W` that backward still needs to reach the adapters below.
+//!
+//! Why a separate op: a frozen weight never changes, so it is converted to bf16 and packed for
+//! the two products once ([`FrozenWeight::pack`]) and every step only converts activations;
+//! the products then run at the bf16 rate (twice f32's on AVX512-BF16, see [`crate::bf16_gemm`]).
+//! Numerics are those of `torch.autocast(bfloat16)`: operands rounded to bf16, f32 sums.
+
+use std::sync::Arc;
+
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+
+use crate::bf16_gemm::{gemm, PackedB};
+use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
+
+/// A weight W [out, in] converted to bf16, packed for `x Wᵀ` and for `dy W`. Holds 4 bytes per
+/// weight (two bf16 layouts), as much as the f32 weight itself.
+pub struct FrozenWeight {
+    out_features: usize,
+    in_features: usize,
+    /// Wᵀ as B [in, out].
+    forward: PackedB,
+    /// W as B [out, in].
+    backward: PackedB,
+}
+
+impl FrozenWeight {
+    /// Packs the current values of `weight` [out, in]; later changes to it are not seen.
+    pub fn pack(weight: &Tensor) -> Result<Arc<Self>> {
+        check_f32_cpu("frozen linear", "weight", weight)?;
+        let (out_features, in_features) = weight.dims2()?;
+        with_f32("frozen linear", weight, |w| {
+            Ok(Arc::new(Self {
+                out_features,
+                in_features,
+                forward: PackedB::pack(w, (in_features, out_features), (1, in_features)),
+                backward: PackedB::pack(w, (out_features, in_features), (in_features, 1)),
+            }))
+        })
+    }
+
+    /// (out, in)
+    pub fn dims(&self) -> (usize, usize) {
+        (self.out_features, self.in_features)
+    }
+
+    pub fn size_in_bytes(&self) -> usize {
+        self.forward.size_in_bytes() + self.backward.size_in_bytes()
+    }
+}
+
+/// x [..., in] → x Wᵀ [..., out] in bf16 with f32 accumulation. Backward returns dx only.
+pub fn frozen_linear(x: &Tensor, weight: &Arc<FrozenWeight>) -> Result<Tensor> {
+    check_f32_cpu("frozen linear", "x", x)?;
+    if x.dims().last() != Some(&weight.in_features) {
+        bail!(
+            "frozen linear: x {:?} must end in the weight's input size {} (weight [{}, {}])",
+            x.shape(),
+            weight.in_features,
+            weight.out_features,
+            weight.in_features
+        )
+    }
+    x.contiguous()?.apply_op1(FrozenLinear(weight.clone()))
+}
+
+struct FrozenLinear(Arc<FrozenWeight>);
+
+impl CustomOp1 for FrozenLinear {
+    fn name(&self) -> &'static str {
+        "alpaca-frozen-linear-bf16"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = slice_f32(self.name(), storage, layout)?;
+        let weight = &self.0;
+        let rows = x.len() / weight.in_features;
+        let mut y = vec![0.0f32; rows * weight.out_features];
+        gemm(
+            &mut y,
+            rows,
+            false,
+            x,
+            (weight.in_features, 1),
+            &weight.forward,
+        );
+        let mut dims = layout.shape().dims().to_vec();
+        *dims.last_mut().expect("x has a last dim") = weight.out_features;
+        Ok((CpuStorage::F32(y), Shape::from(dims)))
+    }
+
+    /// dx [N, in] = dy [N, out] · W [out, in]
+    fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        let weight = &self.0;
+        with_f32(self.name(), dy, |dys| {
+            let rows = dys.len() / weight.out_features;
+            let mut dx = vec![0.0f32; rows * weight.in_features];
+            gemm(
+                &mut dx,
+                rows,
+                false,
+                dys,
+                (weight.out_features, 1),
+                &weight.backward,
+            );
+            Ok(Some(tensor_from(dx, x.shape())?))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    /// The same product in f32 from bf16-rounded operands.
+    fn rounded(t: &Tensor) -> Tensor {
+        t.to_dtype(candle_core::DType::BF16)
+            .unwrap()
+            .to_dtype(candle_core::DType::F32)
+            .unwrap()
+    }
+
+    #[test]
+    fn forward_and_input_gradient_equal_the_rounded_f32_products() {
+        let x =
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (3, 7, 40), &Device::Cpu).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 0.2, (24, 40), &Device::Cpu).unwrap();
+        let upstream = Tensor::randn(0f32, 1.0, (3, 7, 24), &Device::Cpu).unwrap();
+        let packed = FrozenWeight::pack(&w).unwrap();
+        assert_eq!(packed.dims(), (24, 40));
+        let y = frozen_linear(x.as_tensor(), &packed).unwrap();
+        let gradients = (&y * &upstream)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let dx = gradients.get(x.as_tensor()).unwrap();
+
+        let expected_y = rounded(x.as_tensor())
+            .broadcast_matmul(&rounded(&w).t().unwrap())
+            .unwrap();
+        let expected_dx = rounded(&upstream).broadcast_matmul(&rounded(&w)).unwrap();
+        let y_error = (y - expected_y).unwrap().abs().unwrap().max_all().unwrap();
+        let dx_error = (dx - expected_dx)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap();
+        assert!(y_error.to_scalar::<f32>().unwrap() < 1e-4);
+        assert!(dx_error.to_scalar::<f32>().unwrap() < 1e-4);
+    }
+
+    #[test]
+    fn a_wrong_input_size_is_an_error() {
+        let w = Tensor::zeros((4, 5), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let x = Tensor::zeros((2, 6), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let packed = FrozenWeight::pack(&w).unwrap();
+        let error = frozen_linear(&x, &packed).unwrap_err().to_string();
+        assert!(error.contains("input size 5"), "{error}");
+    }
+}
