@@ -93,25 +93,39 @@ pub fn tokenize_documents(
     Ok(tokenized)
 }
 
-/// The ids of the special tokens an example is framed with.
+/// The ids of the special tokens an example is framed with, and of the vocabulary's other
+/// special tokens (unknown, padding), which are never chosen as masked-LM targets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SpecialIds {
     pub cls: u32,
     pub sep: u32,
     pub mask: u32,
+    /// `[UNK]` / `<unk>`, when the vocabulary has one.
+    pub unk: Option<u32>,
+    /// `[PAD]` / `<pad>`, when the vocabulary has one.
+    pub pad: Option<u32>,
 }
 
 impl SpecialIds {
     /// BERT's `[CLS] [SEP] [MASK]`, or RoBERTa's `<s> </s> <mask>`, from the tokenizer's
     /// vocabulary.
     pub fn of(tokenizer: &Tokenizer) -> Result<Self> {
-        for [cls, sep, mask] in [["[CLS]", "[SEP]", "[MASK]"], ["<s>", "</s>", "<mask>"]] {
+        for [cls, sep, mask, unk, pad] in [
+            ["[CLS]", "[SEP]", "[MASK]", "[UNK]", "[PAD]"],
+            ["<s>", "</s>", "<mask>", "<unk>", "<pad>"],
+        ] {
             if let (Some(cls), Some(sep), Some(mask)) = (
                 tokenizer.token_to_id(cls),
                 tokenizer.token_to_id(sep),
                 tokenizer.token_to_id(mask),
             ) {
-                return Ok(SpecialIds { cls, sep, mask });
+                return Ok(SpecialIds {
+                    cls,
+                    sep,
+                    mask,
+                    unk: tokenizer.token_to_id(unk),
+                    pad: tokenizer.token_to_id(pad),
+                });
             }
         }
         Err(DataError::Tokenizer(
@@ -120,6 +134,17 @@ impl SpecialIds {
                 .into(),
         ))
     }
+
+    /// Whether `id` is one of these special tokens: such a token found in the text itself
+    /// (mostly `[UNK]`, for characters the vocabulary lacks) is never a masked-LM target,
+    /// as transformers' `DataCollatorForLanguageModeling` excludes every special id.
+    pub fn is_special(&self, id: u32) -> bool {
+        id == self.cls
+            || id == self.sep
+            || id == self.mask
+            || Some(id) == self.unk
+            || Some(id) == self.pad
+    }
 }
 
 /// One unmasked example: `[CLS] A [SEP] (B [SEP])`.
@@ -127,7 +152,8 @@ impl SpecialIds {
 pub struct Instance {
     pub ids: Vec<u32>,
     pub type_ids: Vec<u32>,
-    /// True on [CLS]/[SEP], which are never masked.
+    /// True on the [CLS]/[SEP] framing and on special tokens inside the text ([UNK]):
+    /// never masked.
     pub special: Vec<bool>,
     pub continues_word: Vec<bool>,
     /// [`IS_NEXT`] or [`IS_RANDOM`] for NSP pairs.
@@ -153,7 +179,7 @@ impl Instance {
                 .extend(std::iter::repeat_n(type_id, segment.len() + 1));
             instance
                 .special
-                .extend(std::iter::repeat_n(false, segment.len()));
+                .extend(segment.ids.iter().map(|&id| special.is_special(id)));
             instance.ids.push(special.sep);
             instance.continues_word.push(false);
             instance.special.push(true);
@@ -400,6 +426,8 @@ mod tests {
         cls: 2,
         sep: 3,
         mask: 4,
+        unk: Some(1),
+        pad: Some(0),
     };
 
     /// A sentence of `length` tokens with ids from `first`; every third token continues a word.
@@ -507,6 +535,42 @@ mod tests {
         assert!((of(masked) - 0.8).abs() < 0.01, "mask {}", of(masked));
         assert!((of(random) - 0.1).abs() < 0.01, "random {}", of(random));
         assert!((of(kept) - 0.1).abs() < 0.01, "kept {}", of(kept));
+    }
+
+    #[test]
+    fn special_tokens_in_the_text_are_never_targets() {
+        // [UNK] (a character the vocabulary lacks), [PAD] and [MASK] written in the text: as
+        // in transformers' collator, only the other tokens are selected, at the same rate.
+        let mut text = sentence(100, 60);
+        for position in (0..60).step_by(4) {
+            text.ids[position] = [1, 0, 4][position % 3];
+        }
+        let instance = Instance::new(&text, None, SPECIAL);
+        let eligible = instance.ids.iter().filter(|&&id| id >= 100).count();
+        for whole_word in [false, true] {
+            let spec = MaskingSpec {
+                probability: 0.15,
+                whole_word,
+                mask_id: SPECIAL.mask,
+                vocab_size: 1000,
+            };
+            let mut rng = StdRng::seed_from_u64(5);
+            let mut selected = 0usize;
+            let draws = 4_000;
+            for _ in 0..draws {
+                let example = mask_tokens(&instance, &spec, &mut rng);
+                for (position, &label) in example.labels.iter().enumerate() {
+                    if label != IGNORE_INDEX {
+                        assert!(instance.ids[position] >= 100, "special token selected");
+                        selected += 1;
+                    }
+                }
+            }
+            if !whole_word {
+                let share = selected as f64 / (draws * eligible) as f64;
+                assert!((share - 0.15).abs() < 0.005, "selected {share}");
+            }
+        }
     }
 
     #[test]
