@@ -136,12 +136,13 @@ impl BertModel {
         let init = config.initializer_range;
         let eps = config.layer_norm_eps;
         let embeddings = Embeddings {
-            words: Embedding::load(
+            words: Embedding::load_with_padding(
                 loader,
                 &format!("{prefix}.embeddings.word_embeddings.weight"),
                 config.vocab_size,
                 hidden,
                 init,
+                Some(config.pad_token_id as usize),
             )?,
             positions: Embedding::load(
                 loader,

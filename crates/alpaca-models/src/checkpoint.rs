@@ -147,6 +147,13 @@ impl LoadReport {
 #[derive(Debug, Clone, Copy)]
 pub enum Init {
     Normal(f64),
+    /// Normal with standard deviation `std`, row `row` of the [rows, width] table zero: an
+    /// embedding's padding row (torch's `nn.Embedding(padding_idx=…)`, kept by HF's
+    /// `_init_weights`).
+    NormalZeroRow {
+        std: f64,
+        row: usize,
+    },
     Zeros,
     Ones,
 }
@@ -243,17 +250,28 @@ impl WeightLoader {
 
     fn initialise(&mut self, shape: &[usize], init: Init) -> Result<Var> {
         let count: usize = shape.iter().product();
-        let values: Vec<f32> = match init {
-            Init::Zeros => vec![0.0; count],
-            Init::Ones => vec![1.0; count],
-            Init::Normal(std) => (0..count)
+        let mut normal = |std: f64| -> Vec<f32> {
+            (0..count)
                 .map(|_| {
                     // Box–Muller: two uniforms give one standard normal.
                     let u1: f64 = self.rng.gen_range(f64::MIN_POSITIVE..1.0);
                     let u2: f64 = self.rng.gen();
                     ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * std) as f32
                 })
-                .collect(),
+                .collect()
+        };
+        let values: Vec<f32> = match init {
+            Init::Zeros => vec![0.0; count],
+            Init::Ones => vec![1.0; count],
+            Init::Normal(std) => normal(std),
+            Init::NormalZeroRow { std, row } => {
+                let mut values = normal(std);
+                let width = shape.last().copied().unwrap_or(1);
+                if let Some(padding) = values.chunks_mut(width.max(1)).nth(row) {
+                    padding.fill(0.0);
+                }
+                values
+            }
         };
         Ok(Var::from_tensor(&Tensor::from_vec(
             values,

@@ -88,8 +88,29 @@ impl Embedding {
         size: usize,
         initializer_range: f64,
     ) -> Result<Self> {
+        Self::load_with_padding(loader, name, count, size, initializer_range, None)
+    }
+
+    /// As [`Embedding::load`]; a new table's `padding_idx` row starts at zero, as torch's
+    /// `nn.Embedding(padding_idx=…)` does. (Its lookup gradient needs no masking: padded
+    /// positions reach no loss.)
+    pub fn load_with_padding(
+        loader: &mut WeightLoader,
+        name: &str,
+        count: usize,
+        size: usize,
+        initializer_range: f64,
+        padding_idx: Option<usize>,
+    ) -> Result<Self> {
+        let init = match padding_idx {
+            Some(row) if row < count => Init::NormalZeroRow {
+                std: initializer_range,
+                row,
+            },
+            _ => Init::Normal(initializer_range),
+        };
         Ok(Self {
-            weight: loader.take(name, &[count, size], Init::Normal(initializer_range))?,
+            weight: loader.take(name, &[count, size], init)?,
         })
     }
 

@@ -269,6 +269,73 @@ mod tests {
             .is_none());
     }
 
+    /// transformers' `BertForMaskedLM(config)` / `BertForPreTraining(config)`: every linear
+    /// weight and every embedding table N(0, initializer_range) with the word table's padding
+    /// row zero, biases (the decoder's too) zero, LayerNorm 1 and 0, and the decoder tied to
+    /// the word embeddings.
+    #[test]
+    fn a_new_bert_is_initialised_as_transformers_does() {
+        let config: BertConfig = serde_json::from_value(json!({
+            "vocab_size": 1000, "hidden_size": 64, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 64,
+            "initializer_range": 0.02, "pad_token_id": 3
+        }))
+        .unwrap();
+        let model = BertForPreTraining::new_random(config, true, 11).unwrap();
+        let mut normal = 0;
+        for (name, var) in model.parameters.iter() {
+            let mut values = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
+            if name.contains("LayerNorm.weight") {
+                assert!(values.iter().all(|&v| v == 1.0), "{name}");
+            } else if name.ends_with(".bias") {
+                assert!(values.iter().all(|&v| v == 0.0), "{name}");
+            } else {
+                if name == "bert.embeddings.word_embeddings.weight" {
+                    let padding: Vec<f32> = values.drain(3 * 64..4 * 64).collect();
+                    assert!(padding.iter().all(|&v| v == 0.0), "padding row not zero");
+                    assert!(values[2 * 64..3 * 64].iter().all(|&v| v != 0.0));
+                }
+                let n = values.len() as f64;
+                let mean = values.iter().map(|&v| v as f64).sum::<f64>() / n;
+                let std = (values
+                    .iter()
+                    .map(|&v| (v as f64 - mean).powi(2))
+                    .sum::<f64>()
+                    / n)
+                    .sqrt();
+                // Four standard errors of the sample mean and standard deviation.
+                assert!(mean.abs() < 4.0 * 0.02 / n.sqrt(), "{name}: mean {mean}");
+                assert!(
+                    (std - 0.02).abs() < 4.0 * 0.02 / (2.0 * n).sqrt(),
+                    "{name}: std {std}"
+                );
+                normal += 1;
+            }
+        }
+        // 3 embedding tables, 6 linears per layer, the transform, pooler and NSP classifier.
+        assert_eq!(normal, 3 + 2 * 6 + 3);
+        assert!(model
+            .parameters
+            .get("cls.predictions.decoder.weight")
+            .is_none());
+        // Tied: with the word table zeroed, every logit is the (zero) decoder bias.
+        let table = model.bert.word_embeddings();
+        table
+            .set(&Tensor::zeros(table.shape(), table.dtype(), &Device::Cpu).unwrap())
+            .unwrap();
+        let (ids, types, mask, positions) = inputs();
+        let logits = model
+            .forward(&ids, &types, &mask, &positions, Mode::EVAL)
+            .unwrap()
+            .masked_lm_logits;
+        assert_eq!(max_abs(logits), 0.0);
+    }
+
     #[test]
     fn picked_positions_equal_the_full_decoder() {
         let model = BertForPreTraining::new_random(tiny_config(), false, 2).unwrap();
