@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # MLM pre-training of the same small BERT from scratch, alpaca vs transformers (bench/hf_mlm.py):
 # same WordPiece tokenizer (trained here by alpaca), same blocks, same held-out files, same
-# hyper-parameters, fp32 on the same threads. Prints alpaca's report and the peer's JSON line.
+# hyper-parameters, fp32 on the same threads. Prints alpaca's report and the peer's JSON line;
+# the latter also scores alpaca's best checkpoint on the peer's held-out masks ("compared"),
+# so that both models are measured on the same targets.
 #
 #   bench/compare_mlm.sh [STEPS] [SEED]   (defaults 300, 42; run on an idle machine)
 set -euo pipefail
@@ -35,4 +37,4 @@ common=(--max-len 128 --batch-size 32 --lr 5e-4 --warmup-ratio 0.1 --weight-deca
 
 "$python" bench/hf_mlm.py --tokenizer "$work/tokenizer" --corpus "${train[@]}" --dev "${dev[@]}" \
   --hidden 256 --layers 4 --heads 4 --ffn 1024 --max-steps "$steps" --threads 2 \
-  --output "$work/hf" "${common[@]}" 2>/dev/null | tail -n 1
+  --output "$work/hf" --compare "$work/alpaca/best" "${common[@]}" 2>/dev/null | tail -n 1
