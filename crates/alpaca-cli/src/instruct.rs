@@ -70,11 +70,6 @@ pub struct InstructArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     lora_targets: Option<String>,
-    /// fp32 (default) or bf16: the frozen base weights' products in bf16 with f32 sums
-    /// (LoRA only; needs AVX512-BF16, else fp32 with a notice).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    precision: Option<String>,
     /// Run directory (runs/<name>).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -201,10 +196,6 @@ pub struct ClmArgs {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     lora_targets: Option<String>,
-    /// fp32 (default) or bf16 (LoRA's frozen base weights).
-    #[arg(long)]
-    #[serde(skip_serializing_if = "Option::is_none")]
-    precision: Option<String>,
     /// Run directory (runs/<name>).
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -271,6 +271,11 @@ pub(crate) struct TrainingFlags {
     #[arg(long)]
     #[serde(skip_serializing_if = "Option::is_none")]
     threads: Option<usize>,
+    /// fp32 (default) or bf16: matrix products with bf16 operands and f32 sums (weights,
+    /// optimiser state and the other ops stay f32); needs AVX512-BF16, else fp32 with a notice.
+    #[arg(long)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    precision: Option<String>,
     /// Do not evaluate the fresh model before training.
     #[arg(long)]
     #[serde(skip_serializing_if = "std::ops::Not::not")]

@@ -174,7 +174,7 @@ fn train_then_generate_with_the_adapter_then_merge() {
 }
 
 #[test]
-fn bf16_lora_trains_through_the_binary_and_bad_precisions_are_refused() {
+fn bf16_lora_and_full_training_through_the_binary_and_bad_precisions_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let model = tiny_llama(root);
@@ -213,40 +213,38 @@ fn bf16_lora_trains_through_the_binary_and_bad_precisions_are_refused() {
         args.extend_from_slice(extra);
         run(&args)
     };
-    let run_dir = root.join("bf16");
-    let output = train("bf16", &[], &run_dir);
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap())
-            .unwrap();
-    // bf16 where the CPU has AVX512-BF16, else fp32 with a notice.
-    let expected = if alpaca_kernels::bf16_gemm::has_avx512_bf16() {
-        "bf16"
-    } else {
-        "fp32"
-    };
-    assert_eq!(report["run"]["precision"], expected, "{report}");
-    let losses: Vec<f64> = report["run"]["epochs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["train_loss"].as_f64().unwrap())
-        .collect();
-    assert!(losses.last() < losses.first(), "{losses:?}");
-
-    for (precision, extra, message) in [
-        ("bf16", &["--full"][..], "LoRA's frozen base weights only"),
-        ("fp16", &[][..], "expected fp32 or bf16"),
-    ] {
-        let bad = root.join(format!("bad-{precision}"));
-        let output = train(precision, extra, &bad);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
-        assert!(stderr.contains(message), "{stderr}");
-        assert!(!bad.exists());
+    // LoRA (frozen base packed once) and full fine-tuning (every linear layer in bf16).
+    for (name, extra) in [("bf16-lora", &[][..]), ("bf16-full", &["--full"][..])] {
+        let run_dir = root.join(name);
+        let output = train("bf16", extra, &run_dir);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run_dir.join("report.json")).unwrap())
+                .unwrap();
+        // bf16 where the CPU has AVX512-BF16, else fp32 with a notice.
+        let expected = if alpaca_kernels::bf16_gemm::has_avx512_bf16() {
+            "bf16"
+        } else {
+            "fp32"
+        };
+        assert_eq!(report["run"]["precision"], expected, "{name}: {report}");
+        let losses: Vec<f64> = report["run"]["epochs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["train_loss"].as_f64().unwrap())
+            .collect();
+        assert!(losses.last() < losses.first(), "{name}: {losses:?}");
     }
+
+    let bad = root.join("bad");
+    let output = train("fp16", &[], &bad);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("expected fp32 or bf16"), "{stderr}");
+    assert!(!bad.exists());
 }

@@ -129,6 +129,29 @@ fn tokenizer_then_new_bert_then_mask_filling() {
     assert!(stdout.contains("NSP accuracy"), "{stdout}");
     let saved = std::fs::read_to_string(output.join("config.toml")).unwrap();
     assert!(saved.contains("whole_word_mask = true"), "{saved}");
+    // The same pre-training with bf16 products (an encoder's trainable linear layers).
+    let bf16_run = root.join("run-bf16");
+    let stdout = succeeds(&[
+        "train",
+        "mlm",
+        "--config",
+        path(&config),
+        "--tokenizer",
+        path(&tokenizer),
+        "--corpus",
+        path(&corpus),
+        "--output",
+        path(&bf16_run),
+        "--precision",
+        "bf16",
+        "--threads",
+        "1",
+    ]);
+    assert!(stdout.contains("# Pre-training report"), "{stdout}");
+    let saved = std::fs::read_to_string(bf16_run.join("config.toml")).unwrap();
+    assert!(saved.contains("precision = \"bf16\""), "{saved}");
+    assert!(bf16_run.join("best").join("model.safetensors").is_file());
+
     let best = output.join("best");
     let stdout = succeeds(&[
         "predict",

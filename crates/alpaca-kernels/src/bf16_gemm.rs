@@ -232,31 +232,41 @@ fn pack_a(
     (from, count): (usize, usize),
     k: usize,
 ) {
-    let panel_rows = rows.div_ceil(MR) * MR;
-    for r in 0..panel_rows {
-        let (panel, lane) = (r / MR, r % MR);
-        let words = &mut packed[panel * count * MR..(panel + 1) * count * MR];
-        if r >= rows {
-            for p in 0..count {
-                words[p * MR + lane] = 0;
-            }
-            continue;
+    let panels = rows.div_ceil(MR);
+    let at = |r: usize, i: usize| {
+        if r < rows && i < k {
+            a[(first + r) * row_stride + i * column_stride]
+        } else {
+            0.0
         }
-        let row = &a[(first + r) * row_stride..];
-        if column_stride == 1 && 2 * (from + count) <= k {
-            let values = &row[2 * from..2 * (from + count)];
-            convert_pairs(values, words, lane);
-            continue;
-        }
-        for p in 0..count {
-            let i = 2 * (from + p);
-            let low = row[i * column_stride];
-            let high = if i + 1 < k {
-                row[(i + 1) * column_stride]
+    };
+    if column_stride == 1 {
+        // Rows are contiguous: convert each row's run of k at once.
+        for r in 0..panels * MR {
+            let (panel, lane) = (r / MR, r % MR);
+            let words = &mut packed[panel * count * MR..(panel + 1) * count * MR];
+            if r < rows && 2 * (from + count) <= k {
+                let start = (first + r) * row_stride + 2 * from;
+                convert_pairs(&a[start..start + 2 * count], words, lane);
             } else {
-                0.0
-            };
-            words[p * MR + lane] = pair(low, high);
+                for p in 0..count {
+                    let i = 2 * (from + p);
+                    words[p * MR + lane] = pair(at(r, i), at(r, i + 1));
+                }
+            }
+        }
+    } else {
+        // A transposed operand (e.g. dyᵀ for a weight gradient): walk k outside so the MR
+        // rows of one panel are read side by side.
+        for panel in 0..panels {
+            let words = &mut packed[panel * count * MR..(panel + 1) * count * MR];
+            for p in 0..count {
+                let i = 2 * (from + p);
+                for lane in 0..MR {
+                    let r = panel * MR + lane;
+                    words[p * MR + lane] = pair(at(r, i), at(r, i + 1));
+                }
+            }
         }
     }
 }
@@ -476,6 +486,33 @@ mod tests {
                 (got as f64 - want).abs() <= tolerance,
                 "[{m}x{k}x{n}] c[{index}] = {got}, want {want}"
             );
+        }
+    }
+
+    #[test]
+    fn a_transposed_left_operand_is_read_by_strides() {
+        // C [m, n] = Aᵀ B with A stored [k, m]: the weight gradient dW = dyᵀ x.
+        for &(m, k, n) in &[(13, 7, 33), (100, 600, 40)] {
+            let stored = random(k * m, 8);
+            let b = random(k * n, 9);
+            let mut a = vec![0.0; m * k];
+            for i in 0..m {
+                for l in 0..k {
+                    a[i * k + l] = stored[l * m + i];
+                }
+            }
+            let mut c = vec![0.0; m * n];
+            gemm(
+                &mut c,
+                m,
+                false,
+                &stored,
+                (1, m),
+                &PackedB::pack(&b, (k, n), (n, 1)),
+            );
+            for (got, want) in c.iter().zip(reference(&a, &b, (m, k, n))) {
+                assert!((*got as f64 - want).abs() < 1e-4, "{got} vs {want}");
+            }
         }
     }
 

@@ -8,10 +8,37 @@
 //!
 //! Shapes: x [..., in] viewed as [N, in]; W [out, in]; b [out]; y [..., out].
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+use crate::bf16_gemm::{self, PackedB};
 use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
+use crate::Precision;
+
+/// Whether the products of [`linear`] and [`linear_no_bias`] run in bf16 (operands rounded to
+/// bf16, f32 sums, f32 results; the weight converted at each call since it trains). A run-wide
+/// mode, as `torch.autocast` is, so that every architecture's linear layers follow one switch
+/// instead of a flag threaded through each model. Frozen weights have their own op,
+/// [`crate::frozen_linear`], which converts them once.
+static BF16_PRODUCTS: AtomicBool = AtomicBool::new(false);
+
+/// Sets the precision of every following `linear` / `linear_no_bias` product in this process.
+/// Pass what [`Precision::on_this_cpu`] returned: bf16 on a CPU without AVX512-BF16 works but
+/// is slow.
+pub fn set_precision(precision: Precision) {
+    BF16_PRODUCTS.store(precision == Precision::Bf16, Ordering::Relaxed);
+}
+
+/// The precision `linear` products currently run in.
+pub fn precision() -> Precision {
+    if BF16_PRODUCTS.load(Ordering::Relaxed) {
+        Precision::Bf16
+    } else {
+        Precision::Fp32
+    }
+}
 
 /// `x Wᵀ + b`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
@@ -175,6 +202,11 @@ fn forward(
         None => vec![0.0; rows * out_features],
     };
     // Wᵀ as a [in, out] matrix: element (i, o) is weight[o·in + i].
+    if precision() == Precision::Bf16 {
+        let packed = PackedB::pack(weight, (in_features, out_features), (1, in_features));
+        bf16_gemm::gemm(&mut y, rows, bias.is_some(), x, (in_features, 1), &packed);
+        return y;
+    }
     gemm_into(
         &mut y,
         (rows, out_features, in_features),
@@ -205,27 +237,46 @@ fn backward(
         with_f32(OP, weight, |ws| {
             with_f32(OP, dy, |dys| {
                 let rows = xs.len() / in_features;
+                let bf16 = precision() == Precision::Bf16;
                 let mut dx = vec![0.0f32; rows * in_features];
-                gemm_into(
-                    &mut dx,
-                    (rows, in_features, out_features),
-                    false,
-                    dys,
-                    (out_features, 1),
-                    ws,
-                    (in_features, 1),
-                );
-                let dw = if weight.track_op() {
-                    let mut dw = vec![0.0f32; out_features * in_features];
+                if bf16 {
+                    let packed = PackedB::pack(ws, (out_features, in_features), (in_features, 1));
+                    bf16_gemm::gemm(&mut dx, rows, false, dys, (out_features, 1), &packed);
+                } else {
                     gemm_into(
-                        &mut dw,
-                        (out_features, in_features, rows),
+                        &mut dx,
+                        (rows, in_features, out_features),
                         false,
                         dys,
-                        (1, out_features),
-                        xs,
+                        (out_features, 1),
+                        ws,
                         (in_features, 1),
                     );
+                }
+                let dw = if weight.track_op() {
+                    let mut dw = vec![0.0f32; out_features * in_features];
+                    if bf16 {
+                        // dW = dyᵀ x: dy read transposed by strides, x packed as [rows, in].
+                        let packed = PackedB::pack(xs, (rows, in_features), (in_features, 1));
+                        bf16_gemm::gemm(
+                            &mut dw,
+                            out_features,
+                            false,
+                            dys,
+                            (1, out_features),
+                            &packed,
+                        );
+                    } else {
+                        gemm_into(
+                            &mut dw,
+                            (out_features, in_features, rows),
+                            false,
+                            dys,
+                            (1, out_features),
+                            xs,
+                            (in_features, 1),
+                        );
+                    }
                     Some(tensor_from(dw, (out_features, in_features))?)
                 } else {
                     None

@@ -99,14 +99,7 @@ pub fn median(values: &[f64]) -> f64 {
 
 pub fn run_step_bench(options: &StepBenchOptions) -> Result<StepBenchResult> {
     let threads = crate::threads::set_threads(options.threads);
-    let precision = match options.precision.as_str() {
-        "fp32" => "fp32",
-        "bf16" => {
-            eprintln!("alpaca: bf16 compute is not available in this build yet; running fp32");
-            "fp32"
-        }
-        other => bail!("--precision {other:?}: expected fp32 or bf16"),
-    };
+    let precision = crate::precision::apply(&options.precision)?;
     if options.steps == 0 {
         bail!("--steps must be at least 1");
     }

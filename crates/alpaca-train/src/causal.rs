@@ -408,7 +408,7 @@ pub struct LoopSettings {
     pub lora_alpha: f64,
     pub lora_dropout: f64,
     pub lora_targets: String,
-    /// fp32, or bf16 for the products of the frozen base weights (LoRA).
+    /// fp32 or bf16 (see [`crate::precision`]).
     pub precision: String,
 }
 
@@ -418,20 +418,9 @@ impl LoopSettings {
         serde_json::from_value(value).context("config lacks a training key")
     }
 
-    /// The precision asked for, checked against the training mode; fp32 (with the reason to
-    /// tell the user) where this CPU cannot run bf16.
+    /// The precision asked for on this CPU (see [`crate::precision::parse`]).
     pub fn precision(&self) -> Result<(Precision, Option<&'static str>)> {
-        let asked: Precision = self
-            .precision
-            .parse()
-            .map_err(|m: String| anyhow::anyhow!("precision: {m}"))?;
-        if asked == Precision::Bf16 && self.full {
-            bail!(
-                "precision bf16 is implemented for LoRA's frozen base weights only; full \
-                 fine-tuning (--full) runs in fp32 (use --precision fp32)"
-            );
-        }
-        Ok(asked.on_this_cpu())
+        crate::precision::parse(&self.precision)
     }
 
     pub fn learning_rate(&self) -> f64 {
@@ -474,11 +463,9 @@ pub fn train_causal(
         bail!("batch_size, gradient_accumulation and epochs must be at least 1");
     }
     let run_dir = &settings.output;
-    let (precision, notice) = settings.precision()?;
-    if let Some(notice) = notice {
-        eprintln!("alpaca: {notice}");
-    }
-    if precision == Precision::Bf16 {
+    let precision = crate::precision::apply(&settings.precision)?;
+    if precision == Precision::Bf16 && matches!(trainable, Trainable::Lora(..)) {
+        // The frozen base converts once instead of at every product.
         let bytes = model.pack_frozen_bf16()?;
         eprintln!(
             "alpaca: frozen weights packed in bf16 for their products ({:.0} MiB)",

@@ -221,6 +221,7 @@ pub(crate) fn encode_split(
 /// the CLI).
 pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
     let threads = crate::threads::set_threads(config.threads);
+    let precision = crate::precision::apply(&config.precision)?;
     if config.batch_size == 0 || config.gradient_accumulation == 0 || config.epochs == 0 {
         bail!("batch_size, gradient_accumulation and epochs must be at least 1");
     }
@@ -275,7 +276,7 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
         .min(model.bert.config.max_position_embeddings);
     let pad = pad_id(&tokenizer);
     eprintln!(
-        "alpaca: {} ({} parameters), {} labels, {} pooling, {threads} threads, {}",
+        "alpaca: {} ({} parameters), {} labels, {} pooling, {precision}, {threads} threads, {}",
         dir.path.display(),
         model.parameters.count(),
         labels.len(),

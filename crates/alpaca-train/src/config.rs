@@ -97,6 +97,10 @@ pub struct NerConfig {
     /// Worker threads (default: all cores).
     #[serde(default)]
     pub threads: Option<usize>,
+    /// fp32, or bf16: the linear layers' products in bf16 with f32 sums (weights, optimiser
+    /// state and the other ops stay f32).
+    #[serde(default = "default_precision")]
+    pub precision: String,
     /// Skip the evaluation of the fresh model before training.
     #[serde(default)]
     pub skip_baseline: bool,
@@ -179,6 +183,10 @@ pub struct ClassifyConfig {
     pub log_every: usize,
     #[serde(default)]
     pub threads: Option<usize>,
+    /// fp32, or bf16: the linear layers' products in bf16 with f32 sums (weights, optimiser
+    /// state and the other ops stay f32).
+    #[serde(default = "default_precision")]
+    pub precision: String,
     #[serde(default)]
     pub skip_baseline: bool,
     /// Continue from `<output>/last` (weights, optimiser, loop state) when it exists.
@@ -300,6 +308,10 @@ pub struct MlmConfig {
     pub log_every: usize,
     #[serde(default)]
     pub threads: Option<usize>,
+    /// fp32, or bf16: the linear layers' products in bf16 with f32 sums (weights, optimiser
+    /// state and the other ops stay f32).
+    #[serde(default = "default_precision")]
+    pub precision: String,
     #[serde(default)]
     pub skip_baseline: bool,
     #[serde(default)]

@@ -22,6 +22,7 @@ pub mod mlm_report;
 pub mod ner;
 pub mod ner_predict;
 pub mod optimizer;
+pub mod precision;
 pub mod report;
 pub mod resume;
 pub mod schedule;

@@ -329,6 +329,7 @@ fn check_config(config: &MlmConfig) -> Result<()> {
 /// (also printed by the CLI).
 pub fn train(config: &MlmConfig) -> Result<MlmReport> {
     let threads = crate::threads::set_threads(config.threads);
+    let precision = crate::precision::apply(&config.precision)?;
     check_config(config)?;
     let run = &config.output;
     check_run_dir(run, config.resume, config.overwrite)?;
@@ -352,7 +353,7 @@ pub fn train(config: &MlmConfig) -> Result<MlmReport> {
         vocab_size: tokenizer.get_vocab_size(true) as u32,
     };
     eprintln!(
-        "alpaca: {description} ({} parameters, {}), {threads} threads, {}",
+        "alpaca: {description} ({} parameters, {}), {precision}, {threads} threads, {}",
         model.parameters.count(),
         model.architecture(),
         alpaca_kernels::cpu_features()

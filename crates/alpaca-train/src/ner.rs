@@ -136,6 +136,7 @@ pub fn evaluate(
 /// the CLI).
 pub fn train(config: &NerConfig) -> Result<NerReport> {
     let threads = crate::threads::set_threads(config.threads);
+    let precision = crate::precision::apply(&config.precision)?;
     if config.batch_size == 0 || config.gradient_accumulation == 0 || config.epochs == 0 {
         bail!("batch_size, gradient_accumulation and epochs must be at least 1");
     }
@@ -169,7 +170,7 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
         .min(model.bert.config.max_position_embeddings);
     let pad = pad_id(&tokenizer);
     eprintln!(
-        "alpaca: {} ({} parameters), {} labels, scheme {scheme}, {threads} threads, {}",
+        "alpaca: {} ({} parameters), {} labels, scheme {scheme}, {precision}, {threads} threads, {}",
         dir.path.display(),
         model.parameters.count(),
         labels.len(),
