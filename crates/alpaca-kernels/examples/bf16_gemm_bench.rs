@@ -31,6 +31,8 @@ fn main() -> candle_core::Result<()> {
         (2048, 576, 192),
         (2048, 576, 1536),
         (2048, 1536, 576),
+        (2048, 384, 1536),
+        (2048, 1536, 384),
         (512, 576, 49152),
     ] {
         let x = Tensor::randn(0f32, 1.0, (rows, input), &Device::Cpu)?;
@@ -54,8 +56,17 @@ fn main() -> candle_core::Result<()> {
         let pack = time(|| {
             PackedB::pack(&ws, (input, output), (1, input));
         });
+        // Weight gradient dW [out, in] = dyᵀ x: x packed as [rows, in], dy read transposed.
+        let mut dw = vec![0.0f32; output * input];
+        let weight_gradient = time(|| {
+            let packed_x = PackedB::pack(&xs, (rows, input), (input, 1));
+            gemm(&mut dw, output, false, &dys, (1, output), &packed_x)
+        });
+        let pack_x = time(|| {
+            PackedB::pack(&xs, (rows, input), (input, 1));
+        });
         println!(
-            "[{rows}x{input}]·[{input}x{output}]: f32 forward {:.2} ms ({:.0} GFLOP/s) | bf16 forward {:.2} ms ({:.0} GFLOP/s), input gradient {:.2} ms ({:.0} GFLOP/s), packing W {:.2} ms",
+            "[{rows}x{input}]·[{input}x{output}]: f32 forward {:.2} ms ({:.0} GFLOP/s) | bf16 forward {:.2} ms ({:.0} GFLOP/s), input gradient {:.2} ms ({:.0} GFLOP/s), packing W {:.2} ms, weight gradient {:.2} ms ({:.0} GFLOP/s, packing x {:.2} ms)",
             f32_forward * 1e3,
             flops / f32_forward / 1e9,
             bf16_forward * 1e3,
@@ -63,6 +74,9 @@ fn main() -> candle_core::Result<()> {
             bf16_backward * 1e3,
             flops / bf16_backward / 1e9,
             pack * 1e3,
+            weight_gradient * 1e3,
+            flops / weight_gradient / 1e9,
+            pack_x * 1e3,
         );
     }
     Ok(())

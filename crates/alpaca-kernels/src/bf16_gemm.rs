@@ -93,6 +93,19 @@ impl PackedB {
                             words[p * NR + c] = pair(at(2 * p, j), at(2 * p + 1, j));
                         }
                     }
+                } else if column_stride == 1 {
+                    // Two source rows (k = 2p, 2p + 1) side by side give one row of words.
+                    let first = panel * NR;
+                    for p in 0..pairs {
+                        let low = &source[2 * p * row_stride + first..][..columns];
+                        let words = &mut words[p * NR..p * NR + columns];
+                        if 2 * p + 1 < k {
+                            let high = &source[(2 * p + 1) * row_stride + first..][..columns];
+                            interleave(low, high, words);
+                        } else {
+                            interleave(low, &[0.0; NR][..columns], words);
+                        }
+                    }
                 } else {
                     for p in 0..pairs {
                         for c in 0..columns {
@@ -257,17 +270,66 @@ fn pack_a(
         }
     } else {
         // A transposed operand (e.g. dyᵀ for a weight gradient): walk k outside so the MR
-        // rows of one panel are read side by side.
+        // rows of one panel are read side by side (contiguous when the row stride is 1).
         for panel in 0..panels {
             let words = &mut packed[panel * count * MR..(panel + 1) * count * MR];
+            let lanes = rows.saturating_sub(panel * MR).min(MR);
             for p in 0..count {
                 let i = 2 * (from + p);
-                for lane in 0..MR {
-                    let r = panel * MR + lane;
-                    words[p * MR + lane] = pair(at(r, i), at(r, i + 1));
+                let words = &mut words[p * MR..(p + 1) * MR];
+                if row_stride == 1 && i + 1 < k {
+                    let start = first + panel * MR;
+                    let low = &a[start + i * column_stride..][..lanes];
+                    let high = &a[start + (i + 1) * column_stride..][..lanes];
+                    interleave(low, high, &mut words[..lanes]);
+                    words[lanes..].fill(0);
+                } else {
+                    for (lane, word) in words.iter_mut().enumerate() {
+                        let r = panel * MR + lane;
+                        *word = pair(at(r, i), at(r, i + 1));
+                    }
                 }
             }
         }
+    }
+}
+
+/// `words[j] = pair(low[j], high[j])`: two rows of k (even, odd) into one row of words.
+fn interleave(low: &[f32], high: &[f32], words: &mut [u32]) {
+    assert!(low.len() >= words.len() && high.len() >= words.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_avx512_bf16() {
+        // SAFETY: the CPU has the features; lengths are checked above.
+        unsafe { interleave_avx512_bf16(low, high, words) };
+        return;
+    }
+    for ((word, &l), &h) in words.iter_mut().zip(low).zip(high) {
+        *word = pair(l, h);
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn interleave_avx512_bf16(low: &[f32], high: &[f32], words: &mut [u32]) {
+    use std::arch::x86_64::*;
+    let n = words.len();
+    let mut j = 0;
+    while j < n {
+        let mask: u16 = if n - j >= 16 {
+            u16::MAX
+        } else {
+            (1u16 << (n - j)) - 1
+        };
+        let l = _mm512_maskz_loadu_ps(mask, low.as_ptr().add(j));
+        let h = _mm512_maskz_loadu_ps(mask, high.as_ptr().add(j));
+        let l: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(l));
+        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(h));
+        let w = _mm512_or_si512(
+            _mm512_cvtepu16_epi32(l),
+            _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)),
+        );
+        _mm512_mask_storeu_epi32(words.as_mut_ptr().add(j).cast(), mask, w);
+        j += 16;
     }
 }
 
