@@ -87,15 +87,28 @@ impl PackedB {
                 // Walk the source along its unit stride: down k for a weight read as Wᵀ
                 // (row stride 1), across n otherwise.
                 if row_stride == 1 {
+                    // Each column is a contiguous run of k: convert it in one go.
+                    let whole = k / 2;
                     for c in 0..columns {
-                        let j = panel * NR + c;
-                        for p in 0..pairs {
-                            words[p * NR + c] = pair(at(2 * p, j), at(2 * p + 1, j));
+                        let start = (panel * NR + c) * column_stride;
+                        convert_pairs(&source[start..start + 2 * whole], words, c, NR);
+                        if k % 2 == 1 {
+                            words[whole * NR + c] = pair(source[start + k - 1], 0.0);
                         }
                     }
                 } else if column_stride == 1 {
                     // Two source rows (k = 2p, 2p + 1) side by side give one row of words.
                     let first = panel * NR;
+                    #[cfg(target_arch = "x86_64")]
+                    if has_avx512_bf16() {
+                        // SAFETY: the CPU has the features; rows 0..k, columns
+                        // first..first+columns lie inside `source` (asserted above) and the
+                        // panel holds pairs · NR words.
+                        unsafe {
+                            pack_rows_avx512_bf16(source, row_stride, (k, first, columns), words)
+                        };
+                        return;
+                    }
                     for p in 0..pairs {
                         let low = &source[2 * p * row_stride + first..][..columns];
                         let words = &mut words[p * NR..p * NR + columns];
@@ -260,7 +273,7 @@ fn pack_a(
             let words = &mut packed[panel * count * MR..(panel + 1) * count * MR];
             if r < rows && 2 * (from + count) <= k {
                 let start = (first + r) * row_stride + 2 * from;
-                convert_pairs(&a[start..start + 2 * count], words, lane);
+                convert_pairs(&a[start..start + 2 * count], words, lane, MR);
             } else {
                 for p in 0..count {
                     let i = 2 * (from + p);
@@ -271,25 +284,115 @@ fn pack_a(
     } else {
         // A transposed operand (e.g. dyᵀ for a weight gradient): walk k outside so the MR
         // rows of one panel are read side by side (contiguous when the row stride is 1).
+        #[cfg(target_arch = "x86_64")]
+        if row_stride == 1 && has_avx512_bf16() {
+            // SAFETY: the CPU has the features; every index read is inside A (gemm's assert)
+            // and every word written inside `packed` (panels · count · MR words).
+            unsafe {
+                pack_transposed_avx512_bf16(
+                    &mut packed[..panels * count * MR],
+                    a,
+                    column_stride,
+                    (first, rows),
+                    (from, count),
+                    k,
+                )
+            };
+            return;
+        }
         for panel in 0..panels {
             let words = &mut packed[panel * count * MR..(panel + 1) * count * MR];
-            let lanes = rows.saturating_sub(panel * MR).min(MR);
             for p in 0..count {
                 let i = 2 * (from + p);
-                let words = &mut words[p * MR..(p + 1) * MR];
-                if row_stride == 1 && i + 1 < k {
-                    let start = first + panel * MR;
-                    let low = &a[start + i * column_stride..][..lanes];
-                    let high = &a[start + (i + 1) * column_stride..][..lanes];
-                    interleave(low, high, &mut words[..lanes]);
-                    words[lanes..].fill(0);
-                } else {
-                    for (lane, word) in words.iter_mut().enumerate() {
-                        let r = panel * MR + lane;
-                        *word = pair(at(r, i), at(r, i + 1));
-                    }
+                for lane in 0..MR {
+                    let r = panel * MR + lane;
+                    words[p * MR + lane] = pair(at(r, i), at(r, i + 1));
                 }
             }
+        }
+    }
+}
+
+/// [`pack_a`] for A with row stride 1: per k pair, the panel's MR rows are two runs of MR
+/// floats (k even, k odd), converted and interleaved with masked vectors.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_transposed_avx512_bf16(
+    packed: &mut [u32],
+    a: &[f32],
+    column_stride: usize,
+    (first, rows): (usize, usize),
+    (from, count): (usize, usize),
+    k: usize,
+) {
+    use std::arch::x86_64::*;
+    const PANEL: u16 = (1 << MR) - 1;
+    for (panel, words) in packed.chunks_exact_mut(count * MR).enumerate() {
+        let lanes = rows.saturating_sub(panel * MR).min(MR);
+        let load: u16 = (1 << lanes) - 1;
+        let start = a.as_ptr().add(first + panel * MR);
+        for p in 0..count {
+            let i = 2 * (from + p);
+            let out = words.as_mut_ptr().add(p * MR);
+            let low = _mm512_maskz_loadu_ps(load, start.add(i * column_stride));
+            let high = if i + 1 < k {
+                _mm512_maskz_loadu_ps(load, start.add((i + 1) * column_stride))
+            } else {
+                _mm512_setzero_ps()
+            };
+            let low: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(low));
+            let high: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(high));
+            let pairs = _mm512_or_si512(
+                _mm512_cvtepu16_epi32(low),
+                _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(high)),
+            );
+            _mm512_mask_storeu_epi32(out.cast(), PANEL, pairs);
+        }
+    }
+}
+
+/// One B panel from rows of a row-major source: `words[p·NR + c] = pair(B[2p, first + c],
+/// B[2p+1, first + c])`, with the odd k's partner zero.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn pack_rows_avx512_bf16(
+    source: &[f32],
+    row_stride: usize,
+    (k, first, columns): (usize, usize, usize),
+    words: &mut [u32],
+) {
+    use std::arch::x86_64::*;
+    let base = source.as_ptr().add(first);
+    for p in 0..k.div_ceil(2) {
+        let low_row = base.add(2 * p * row_stride);
+        let high_row = base.add((2 * p + 1) * row_stride);
+        for half in 0..NR / 16 {
+            let lanes = columns.saturating_sub(half * 16).min(16);
+            if lanes == 0 {
+                break;
+            }
+            let mask: u16 = if lanes == 16 {
+                u16::MAX
+            } else {
+                (1 << lanes) - 1
+            };
+            let low = _mm512_maskz_loadu_ps(mask, low_row.add(half * 16));
+            let high = if 2 * p + 1 < k {
+                _mm512_maskz_loadu_ps(mask, high_row.add(half * 16))
+            } else {
+                _mm512_setzero_ps()
+            };
+            let low: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(low));
+            let high: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(high));
+            let pairs = _mm512_or_si512(
+                _mm512_cvtepu16_epi32(low),
+                _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(high)),
+            );
+            _mm512_mask_storeu_epi32(
+                words.as_mut_ptr().add(p * NR + half * 16).cast(),
+                mask,
+                pairs,
+            );
         }
     }
 }
@@ -333,24 +436,25 @@ unsafe fn interleave_avx512_bf16(low: &[f32], high: &[f32], words: &mut [u32]) {
     }
 }
 
-/// Contiguous f32 `values` (an even count) → words `words[p·MR + lane] = pair(values[2p], values[2p+1])`.
-fn convert_pairs(values: &[f32], words: &mut [u32], lane: usize) {
+/// Contiguous f32 `values` (an even count) → words
+/// `words[p·stride + lane] = pair(values[2p], values[2p+1])`.
+fn convert_pairs(values: &[f32], words: &mut [u32], lane: usize, stride: usize) {
     let count = values.len() / 2;
-    assert!(words.len() >= count * MR);
+    assert!(lane < stride && (count == 0 || words.len() > (count - 1) * stride + lane));
     #[cfg(target_arch = "x86_64")]
     if has_avx512_bf16() {
         // SAFETY: the CPU has the features; lengths are checked above.
-        unsafe { convert_pairs_avx512_bf16(values, words, lane) };
+        unsafe { convert_pairs_avx512_bf16(values, words, lane, stride) };
         return;
     }
     for p in 0..count {
-        words[p * MR + lane] = pair(values[2 * p], values[2 * p + 1]);
+        words[p * stride + lane] = pair(values[2 * p], values[2 * p + 1]);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn convert_pairs_avx512_bf16(values: &[f32], words: &mut [u32], lane: usize) {
+unsafe fn convert_pairs_avx512_bf16(values: &[f32], words: &mut [u32], lane: usize, stride: usize) {
     use std::arch::x86_64::*;
     let count = values.len() / 2;
     let mut converted = [0u32; 16];
@@ -362,12 +466,12 @@ unsafe fn convert_pairs_avx512_bf16(values: &[f32], words: &mut [u32], lane: usi
         let packed: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(high, low));
         _mm512_storeu_si512(converted.as_mut_ptr().cast(), packed);
         for (offset, &word) in converted.iter().enumerate() {
-            *words.get_unchecked_mut((p + offset) * MR + lane) = word;
+            *words.get_unchecked_mut((p + offset) * stride + lane) = word;
         }
         p += 16;
     }
     for p in p..count {
-        words[p * MR + lane] = pair(values[2 * p], values[2 * p + 1]);
+        words[p * stride + lane] = pair(values[2 * p], values[2 * p + 1]);
     }
 }
 
@@ -608,7 +712,7 @@ mod tests {
     #[test]
     fn transposed_operands_by_strides() {
         // y = x Wᵀ with W [out, in] read through strides, as the frozen linear layer does.
-        let (rows, input, output) = (30, 40, 50);
+        let (rows, input, output) = (30, 41, 50);
         let x = random(rows * input, 4);
         let w = random(output * input, 5);
         let packed = PackedB::pack(&w, (input, output), (1, input));
