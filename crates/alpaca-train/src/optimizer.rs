@@ -164,6 +164,11 @@ mod tests {
         assert!(!decays("bert.encoder.layer.0.attention.self.query.bias"));
         assert!(!decays("bert.embeddings.LayerNorm.weight"));
         assert!(decays("classifier.weight"));
+        // Masked LM: the (tied) word embeddings decay, the decoder bias does not.
+        assert!(decays("bert.embeddings.word_embeddings.weight"));
+        assert!(decays("bert.embeddings.position_embeddings.weight"));
+        assert!(!decays("cls.predictions.bias"));
+        assert!(!decays("cls.predictions.transform.LayerNorm.weight"));
     }
 
     #[test]
