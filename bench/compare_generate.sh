@@ -6,12 +6,15 @@
 # not); bench/hf_generate.py does a warm-up generate call in its process before the timed one.
 # ALPACA_BIN picks the binary (default: target/release/alpaca, built first).
 #
-#   bench/compare_generate.sh [RUNS] [NEW] [THREADS]   (defaults 3 128 2; run on an idle machine)
+#   bench/compare_generate.sh [RUNS] [NEW] [THREADS] [PRECISION]
+#       (defaults 3 128 2 fp32; run on an idle machine). PRECISION bf16: alpaca --precision bf16,
+#       transformers with the model loaded in bfloat16.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 runs="${1:-3}"
 new="${2:-128}"
 threads="${3:-2}"
+precision="${4:-fp32}"
 assets="${ALPACA_ASSETS:-$HOME/.cache/alpaca/assets}"
 python="${PYTHON:-$HOME/.cache/alpaca/venv/bin/python}"
 work="${WORK:-/tmp/alpaca-generate-bench}"
@@ -36,7 +39,9 @@ load() { cut -d' ' -f1 /proc/loadavg; }
   --threads "$threads" "$prompt" >/dev/null 2>&1  # warm-up (page cache)
 for run in $(seq 1 "$runs"); do
   echo "run $run alpaca (load $(load)): $("$alpaca" generate --model "$model" --template none \
-    --max-new-tokens "$new" --ignore-eos --timing --threads "$threads" "$prompt" 2>&1 >/dev/null)"
+    --max-new-tokens "$new" --ignore-eos --timing --threads "$threads" --precision "$precision" \
+    "$prompt" 2>&1 >/dev/null | tail -n 1)"
   echo "run $run transformers (load $(load)): $("$python" bench/hf_generate.py --model "$model" \
-    --threads "$threads" --runs 1 --new-tokens "$new" --prompt "$prompt" 2>/dev/null | sed -n 's/^run 1: //p')"
+    --threads "$threads" --runs 1 --new-tokens "$new" --prompt "$prompt" --precision "$precision" \
+    2>/dev/null | sed -n 's/^run 1: //p')"
 done

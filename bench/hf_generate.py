@@ -29,9 +29,12 @@ def main():
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt", default=PROMPT)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: the model loaded in bfloat16")
     args = parser.parse_args()
 
     import torch
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
 
     torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -39,10 +42,10 @@ def main():
     if args.model.endswith(".gguf"):
         directory, name = os.path.split(os.path.abspath(args.model))
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=dtype)
     else:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
     model.eval()
     ids = tokenizer(args.prompt, return_tensors="pt")
     eos = model.config.eos_token_id

@@ -5,6 +5,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use alpaca_data::instructions::{Message, Role};
+use alpaca_kernels::Precision;
 use alpaca_train::generate::{
     chat_prompt, default_template, format_prompt, load_for_generation, FinishReason, Generation,
     GenerationOptions, Generator, Prompt, PromptTemplate, Sampling,
@@ -17,6 +18,7 @@ use clap::Args;
 fn load_with_adapter(
     model: &str,
     adapter: Option<&std::path::Path>,
+    precision: Precision,
 ) -> Result<(
     alpaca_models::LlamaForCausalLM,
     alpaca_train::generate::GenerationTokenizer,
@@ -24,6 +26,11 @@ fn load_with_adapter(
     let (mut model, tokenizer) = load_for_generation(model)?;
     if let Some(adapter) = adapter {
         alpaca_models::lora::load_adapter(&mut model, adapter)?;
+    }
+    if precision == Precision::Bf16 {
+        // Generation trains nothing: every base weight is frozen and packed once.
+        model.freeze();
+        model.pack_frozen_bf16()?;
     }
     Ok((model, tokenizer))
 }
@@ -55,6 +62,10 @@ pub struct SamplingArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// fp32 (default) or bf16: the model's weights converted to bf16 once and its products
+    /// run with bf16 operands and f32 sums (half the memory read per token).
+    #[arg(long, default_value = "fp32")]
+    precision: String,
 }
 
 impl SamplingArgs {
@@ -164,7 +175,8 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         bail!("the prompt is empty; give the text to continue or the instruction to follow");
     }
     alpaca_train::threads::set_threads(args.sampling.threads);
-    let (model, tokenizer) = load_with_adapter(&args.model, args.adapter.as_deref())?;
+    let precision = alpaca_train::precision::apply(&args.sampling.precision)?;
+    let (model, tokenizer) = load_with_adapter(&args.model, args.adapter.as_deref(), precision)?;
     let template = template.unwrap_or_else(|| default_template(&tokenizer));
     let prompt = format_prompt(
         template,
@@ -206,7 +218,8 @@ pub struct ChatArgs {
 pub fn chat(args: ChatArgs) -> Result<()> {
     let options = args.sampling.options(512)?;
     alpaca_train::threads::set_threads(args.sampling.threads);
-    let (model, tokenizer) = load_with_adapter(&args.model, args.adapter.as_deref())?;
+    let precision = alpaca_train::precision::apply(&args.sampling.precision)?;
+    let (model, tokenizer) = load_with_adapter(&args.model, args.adapter.as_deref(), precision)?;
     if tokenizer.chat_template.is_none() {
         bail!(
             "{} has no chat template (tokenizer_config.json \"chat_template\" or \
@@ -311,6 +324,10 @@ pub struct SelfInstructArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// fp32 (default) or bf16: the model's weights converted to bf16 once and its products
+    /// run with bf16 operands and f32 sums (half the memory read per token).
+    #[arg(long, default_value = "fp32")]
+    precision: String,
     /// Print each raw completion to stderr (to see why tasks are dropped).
     #[arg(long)]
     show_completions: bool,
@@ -349,7 +366,8 @@ pub fn self_instruct(args: SelfInstructArgs) -> Result<()> {
         seed: args.seed,
     };
     alpaca_train::threads::set_threads(args.threads);
-    let (model, tokenizer) = load_with_adapter(&args.model, args.adapter.as_deref())?;
+    let (model, tokenizer) =
+        load_with_adapter(&args.model, args.adapter.as_deref(), Precision::Fp32)?;
     let mut generator = Generator::new(model, tokenizer);
     let mut request = 0u64;
     let report = alpaca_train::self_instruct::self_instruct(&seeds, &options, |prompt| {

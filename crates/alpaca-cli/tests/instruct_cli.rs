@@ -126,6 +126,28 @@ fn train_then_generate_with_the_adapter_then_merge() {
         succeeds(&args)
     };
     let adapted = generate(&model, Some(&adapter));
+    // The same with the base in bf16 (packed once; the adapter stays f32).
+    let model_arg = path(&model);
+    let adapter_arg = path(&adapter);
+    let output = run(&[
+        "generate",
+        "--model",
+        &model_arg,
+        "--adapter",
+        &adapter_arg,
+        "--precision",
+        "bf16",
+        "--template",
+        "alpaca",
+        "--max-new-tokens",
+        "6",
+        "--ignore-eos",
+        "--timing",
+        PAIRS[0].0,
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(stderr.contains("6 new tokens"), "{stderr}");
     let merged_dir = root.join("merged");
     succeeds(&[
         "merge-lora",

@@ -515,9 +515,18 @@ impl Kernel {
         match self {
             // SAFETY: detect() saw avx512f and avx512bf16; the slices hold `pairs` k pairs
             // (debug-asserted) and the caller guarantees the valid part of the tile is writable.
+            // Few valid rows (generation decodes one token per sequence): a kernel that
+            // computes only as many rows as are valid instead of all MR.
             #[cfg(target_arch = "x86_64")]
             Kernel::Avx512Bf16 => {
-                kernel_avx512_bf16(pairs, a.as_ptr(), b.as_ptr(), c, ldc, accumulate, valid)
+                let (a, b) = (a.as_ptr(), b.as_ptr());
+                match valid.0 {
+                    1 => kernel_avx512_bf16::<1>(pairs, a, b, c, ldc, accumulate, valid),
+                    2 => kernel_avx512_bf16::<2>(pairs, a, b, c, ldc, accumulate, valid),
+                    3 | 4 => kernel_avx512_bf16::<4>(pairs, a, b, c, ldc, accumulate, valid),
+                    5..=8 => kernel_avx512_bf16::<8>(pairs, a, b, c, ldc, accumulate, valid),
+                    _ => kernel_avx512_bf16::<MR>(pairs, a, b, c, ldc, accumulate, valid),
+                }
             }
             Kernel::Scalar => kernel_scalar(pairs, a, b, c, ldc, accumulate, valid),
         }
@@ -568,7 +577,7 @@ unsafe fn kernel_scalar(
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn kernel_avx512_bf16(
+unsafe fn kernel_avx512_bf16<const ROWS: usize>(
     pairs: usize,
     a: *const u32,
     b: *const u32,
@@ -578,7 +587,8 @@ unsafe fn kernel_avx512_bf16(
     (rows, columns): (usize, usize),
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    debug_assert!(ROWS <= MR && rows <= ROWS);
+    let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
     for p in 0..pairs {
         let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR).cast()));
         let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16).cast()));
@@ -758,15 +768,19 @@ mod tests {
             .take(pairs * MR)
             .collect();
         let b: Vec<u32> = b.iter().map(|&x| pair(x, -x)).collect();
-        let mut simd = vec![0.0f32; MR * NR];
-        let mut scalar = vec![0.0f32; MR * NR];
-        // SAFETY: both outputs are whole MR × NR tiles.
-        unsafe {
-            Kernel::Avx512Bf16.run(pairs, &a, &b, simd.as_mut_ptr(), NR, false, (MR, NR));
-            Kernel::Scalar.run(pairs, &a, &b, scalar.as_mut_ptr(), NR, false, (MR, NR));
-        }
-        for (x, y) in simd.iter().zip(&scalar) {
-            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        // Every row count the dispatch distinguishes; rows past the valid ones stay untouched.
+        for rows in [1, 2, 3, 5, 8, 11, MR] {
+            let mut simd = vec![7.0f32; MR * NR];
+            let mut scalar = vec![7.0f32; MR * NR];
+            // SAFETY: both outputs are whole MR × NR tiles.
+            unsafe {
+                Kernel::Avx512Bf16.run(pairs, &a, &b, simd.as_mut_ptr(), NR, false, (rows, NR));
+                Kernel::Scalar.run(pairs, &a, &b, scalar.as_mut_ptr(), NR, false, (rows, NR));
+            }
+            for (x, y) in simd.iter().zip(&scalar) {
+                assert!((x - y).abs() < 1e-4, "{rows} rows: {x} vs {y}");
+            }
+            assert!(simd[rows * NR..].iter().all(|&x| x == 7.0));
         }
     }
 }

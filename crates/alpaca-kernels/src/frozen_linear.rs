@@ -7,37 +7,59 @@
 //! the products then run at the bf16 rate (twice f32's on AVX512-BF16, see [`crate::bf16_gemm`]).
 //! Numerics are those of `torch.autocast(bfloat16)`: operands rounded to bf16, f32 sums.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use crate::bf16_gemm::{gemm, PackedB};
 use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
 
-/// A weight W [out, in] converted to bf16, packed for `x Wᵀ` and for `dy W`. Holds 4 bytes per
-/// weight (two bf16 layouts), as much as the f32 weight itself.
+/// A weight W [out, in] converted to bf16, packed for `x Wᵀ` and, at the first backward, for
+/// `dy W`: 2 bytes per weight for inference, 4 when training.
 pub struct FrozenWeight {
     out_features: usize,
     in_features: usize,
     /// Wᵀ as B [in, out].
     forward: PackedB,
-    /// W as B [out, in].
-    backward: PackedB,
+    /// W as B [out, in], packed when a backward first needs it (generation never does).
+    backward: OnceLock<PackedB>,
+    /// The f32 weight the backward layout is packed from.
+    weight: Tensor,
 }
 
 impl FrozenWeight {
-    /// Packs the current values of `weight` [out, in]; later changes to it are not seen.
+    /// Packs `weight` [out, in], which must not change while this lives.
     pub fn pack(weight: &Tensor) -> Result<Arc<Self>> {
         check_f32_cpu("frozen linear", "weight", weight)?;
         let (out_features, in_features) = weight.dims2()?;
-        with_f32("frozen linear", weight, |w| {
+        // The same storage, not a copy: a frozen weight does not change (whoever changes it,
+        // as merging adapters does, must drop the packed weight).
+        let weight = weight.clone();
+        with_f32("frozen linear", &weight, |w| {
             Ok(Arc::new(Self {
                 out_features,
                 in_features,
                 forward: PackedB::pack(w, (in_features, out_features), (1, in_features)),
-                backward: PackedB::pack(w, (out_features, in_features), (in_features, 1)),
+                backward: OnceLock::new(),
+                weight: weight.clone(),
             }))
         })
+    }
+
+    /// W as B [out, in] for the input gradient, packed on first use.
+    fn backward(&self) -> Result<&PackedB> {
+        if let Some(packed) = self.backward.get() {
+            return Ok(packed);
+        }
+        let (out_features, in_features) = (self.out_features, self.in_features);
+        let packed = with_f32("frozen linear", &self.weight, |w| {
+            Ok(PackedB::pack(
+                w,
+                (out_features, in_features),
+                (in_features, 1),
+            ))
+        })?;
+        Ok(self.backward.get_or_init(|| packed))
     }
 
     /// (out, in)
@@ -45,8 +67,9 @@ impl FrozenWeight {
         (self.out_features, self.in_features)
     }
 
+    /// Bytes of the packed layouts made so far.
     pub fn size_in_bytes(&self) -> usize {
-        self.forward.size_in_bytes() + self.backward.size_in_bytes()
+        self.forward.size_in_bytes() + self.backward.get().map_or(0, PackedB::size_in_bytes)
     }
 }
 
@@ -93,6 +116,7 @@ impl CustomOp1 for FrozenLinear {
     /// dx [N, in] = dy [N, out] · W [out, in]
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let weight = &self.0;
+        let backward = weight.backward()?;
         with_f32(self.name(), dy, |dys| {
             let rows = dys.len() / weight.out_features;
             let mut dx = vec![0.0f32; rows * weight.in_features];
@@ -102,7 +126,7 @@ impl CustomOp1 for FrozenLinear {
                 false,
                 dys,
                 (weight.out_features, 1),
-                &weight.backward,
+                backward,
             );
             Ok(Some(tensor_from(dx, x.shape())?))
         })
