@@ -70,17 +70,23 @@ fn tiny_llama(dir: &Path) -> PathBuf {
     model_dir
 }
 
+/// PAIRS as an Alpaca JSON file.
+fn write_pairs(dir: &Path) -> PathBuf {
+    let items: Vec<serde_json::Value> = PAIRS
+        .iter()
+        .map(|(i, o)| serde_json::json!({"instruction": i, "input": "", "output": o}))
+        .collect();
+    let data = dir.join("pairs.json");
+    std::fs::write(&data, serde_json::to_string(&items).unwrap()).unwrap();
+    data
+}
+
 #[test]
 fn train_then_generate_with_the_adapter_then_merge() {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let model = tiny_llama(root);
-    let items: Vec<serde_json::Value> = PAIRS
-        .iter()
-        .map(|(i, o)| serde_json::json!({"instruction": i, "input": "", "output": o}))
-        .collect();
-    let data = root.join("pairs.json");
-    std::fs::write(&data, serde_json::to_string(&items).unwrap()).unwrap();
+    let data = write_pairs(root);
     let run_dir = root.join("run");
     let path = |p: &Path| p.to_str().unwrap().to_string();
     let stdout = succeeds(&[
@@ -200,12 +206,7 @@ fn bf16_lora_and_full_training_through_the_binary_and_bad_precisions_are_refused
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path();
     let model = tiny_llama(root);
-    let items: Vec<serde_json::Value> = PAIRS
-        .iter()
-        .map(|(i, o)| serde_json::json!({"instruction": i, "input": "", "output": o}))
-        .collect();
-    let data = root.join("pairs.json");
-    std::fs::write(&data, serde_json::to_string(&items).unwrap()).unwrap();
+    let data = write_pairs(root);
     let path = |p: &Path| p.to_str().unwrap().to_string();
     let (model, data) = (path(&model), path(&data));
     let train = |precision: &str, extra: &[&str], output: &Path| {

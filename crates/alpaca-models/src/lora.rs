@@ -334,9 +334,12 @@ mod tests {
     }
 
     fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
+        largest(&(a - b).unwrap())
+    }
+
+    /// The largest absolute value.
+    fn largest(t: &Tensor) -> f32 {
+        t.abs()
             .unwrap()
             .flatten_all()
             .unwrap()
@@ -442,17 +445,6 @@ mod tests {
                     .clone()
             })
             .collect()
-    }
-
-    fn largest(t: &Tensor) -> f32 {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     #[test]
