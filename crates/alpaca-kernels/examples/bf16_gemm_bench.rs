@@ -44,8 +44,8 @@ fn main() -> candle_core::Result<()> {
             w.flatten_all()?.to_vec1::<f32>()?,
             dy.flatten_all()?.to_vec1::<f32>()?,
         );
-        let forward_pack = PackedB::pack(&ws, (input, output), (1, input));
-        let backward_pack = PackedB::pack(&ws, (output, input), (input, 1));
+        let forward_pack = PackedB::transposed_weight(&ws, (output, input));
+        let backward_pack = PackedB::weight(&ws, (output, input));
         let f32_forward = time(|| {
             linear_no_bias(&x, &w).unwrap();
         });
@@ -54,7 +54,7 @@ fn main() -> candle_core::Result<()> {
         let mut dx = vec![0.0f32; rows * input];
         let bf16_backward = time(|| gemm(&mut dx, rows, false, &dys, (output, 1), &backward_pack));
         let pack = time(|| {
-            PackedB::pack(&ws, (input, output), (1, input));
+            PackedB::transposed_weight(&ws, (output, input));
         });
         // Weight gradient dW [out, in] = dyᵀ x: x packed as [rows, in], dy read transposed.
         let mut dw = vec![0.0f32; output * input];

@@ -96,30 +96,24 @@ impl PackedB {
                             words[whole * NR + c] = pair(source[start + k - 1], 0.0);
                         }
                     }
-                } else if column_stride == 1 {
-                    // Two source rows (k = 2p, 2p + 1) side by side give one row of words.
-                    let first = panel * NR;
+                } else {
+                    // Rows are contiguous (an activation read as B): two source rows
+                    // (k = 2p, 2p + 1) side by side give one row of words.
                     #[cfg(target_arch = "x86_64")]
-                    if has_avx512_bf16() {
+                    if column_stride == 1 && has_avx512_bf16() {
                         // SAFETY: the CPU has the features; rows 0..k, columns
                         // first..first+columns lie inside `source` (asserted above) and the
                         // panel holds pairs · NR words.
                         unsafe {
-                            pack_rows_avx512_bf16(source, row_stride, (k, first, columns), words)
+                            pack_rows_avx512_bf16(
+                                source,
+                                row_stride,
+                                (k, panel * NR, columns),
+                                words,
+                            )
                         };
                         return;
                     }
-                    for p in 0..pairs {
-                        let low = &source[2 * p * row_stride + first..][..columns];
-                        let words = &mut words[p * NR..p * NR + columns];
-                        if 2 * p + 1 < k {
-                            let high = &source[(2 * p + 1) * row_stride + first..][..columns];
-                            interleave(low, high, words);
-                        } else {
-                            interleave(low, &[0.0; NR][..columns], words);
-                        }
-                    }
-                } else {
                     for p in 0..pairs {
                         for c in 0..columns {
                             let j = panel * NR + c;
@@ -129,6 +123,16 @@ impl PackedB {
                 }
             });
         Self { k, n, pairs, data }
+    }
+
+    /// Wᵀ of a row-major weight W [out, in], as B [in, out]: the right operand of `x Wᵀ`.
+    pub fn transposed_weight(weight: &[f32], (out_features, in_features): (usize, usize)) -> Self {
+        Self::pack(weight, (in_features, out_features), (1, in_features))
+    }
+
+    /// A row-major weight W [out, in] as B [out, in]: the right operand of `dy W`.
+    pub fn weight(weight: &[f32], (out_features, in_features): (usize, usize)) -> Self {
+        Self::pack(weight, (out_features, in_features), (in_features, 1))
     }
 
     /// (k, n) of the packed matrix.
@@ -313,6 +317,23 @@ fn pack_a(
     }
 }
 
+/// Sixteen `vdpbf16ps` words from two vectors of f32: `pair(low[j], high[j])` in lane j.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+#[inline]
+unsafe fn pair_words(
+    low: std::arch::x86_64::__m512,
+    high: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let low: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(low));
+    let high: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(high));
+    _mm512_or_si512(
+        _mm512_cvtepu16_epi32(low),
+        _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(high)),
+    )
+}
+
 /// [`pack_a`] for A with row stride 1: per k pair, the panel's MR rows are two runs of MR
 /// floats (k even, k odd), converted and interleaved with masked vectors.
 #[cfg(target_arch = "x86_64")]
@@ -340,12 +361,7 @@ unsafe fn pack_transposed_avx512_bf16(
             } else {
                 _mm512_setzero_ps()
             };
-            let low: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(low));
-            let high: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(high));
-            let pairs = _mm512_or_si512(
-                _mm512_cvtepu16_epi32(low),
-                _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(high)),
-            );
+            let pairs = pair_words(low, high);
             _mm512_mask_storeu_epi32(out.cast(), PANEL, pairs);
         }
     }
@@ -382,57 +398,13 @@ unsafe fn pack_rows_avx512_bf16(
             } else {
                 _mm512_setzero_ps()
             };
-            let low: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(low));
-            let high: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(high));
-            let pairs = _mm512_or_si512(
-                _mm512_cvtepu16_epi32(low),
-                _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(high)),
-            );
+            let pairs = pair_words(low, high);
             _mm512_mask_storeu_epi32(
                 words.as_mut_ptr().add(p * NR + half * 16).cast(),
                 mask,
                 pairs,
             );
         }
-    }
-}
-
-/// `words[j] = pair(low[j], high[j])`: two rows of k (even, odd) into one row of words.
-fn interleave(low: &[f32], high: &[f32], words: &mut [u32]) {
-    assert!(low.len() >= words.len() && high.len() >= words.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_avx512_bf16() {
-        // SAFETY: the CPU has the features; lengths are checked above.
-        unsafe { interleave_avx512_bf16(low, high, words) };
-        return;
-    }
-    for ((word, &l), &h) in words.iter_mut().zip(low).zip(high) {
-        *word = pair(l, h);
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn interleave_avx512_bf16(low: &[f32], high: &[f32], words: &mut [u32]) {
-    use std::arch::x86_64::*;
-    let n = words.len();
-    let mut j = 0;
-    while j < n {
-        let mask: u16 = if n - j >= 16 {
-            u16::MAX
-        } else {
-            (1u16 << (n - j)) - 1
-        };
-        let l = _mm512_maskz_loadu_ps(mask, low.as_ptr().add(j));
-        let h = _mm512_maskz_loadu_ps(mask, high.as_ptr().add(j));
-        let l: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(l));
-        let h: __m256i = std::mem::transmute(_mm512_cvtneps_pbh(h));
-        let w = _mm512_or_si512(
-            _mm512_cvtepu16_epi32(l),
-            _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)),
-        );
-        _mm512_mask_storeu_epi32(words.as_mut_ptr().add(j).cast(), mask, w);
-        j += 16;
     }
 }
 

@@ -39,7 +39,7 @@ impl FrozenWeight {
             Ok(Arc::new(Self {
                 out_features,
                 in_features,
-                forward: PackedB::pack(w, (in_features, out_features), (1, in_features)),
+                forward: PackedB::transposed_weight(w, (out_features, in_features)),
                 backward: OnceLock::new(),
                 weight: weight.clone(),
             }))
@@ -53,11 +53,7 @@ impl FrozenWeight {
         }
         let (out_features, in_features) = (self.out_features, self.in_features);
         let packed = with_f32("frozen linear", &self.weight, |w| {
-            Ok(PackedB::pack(
-                w,
-                (out_features, in_features),
-                (in_features, 1),
-            ))
+            Ok(PackedB::weight(w, (out_features, in_features)))
         })?;
         Ok(self.backward.get_or_init(|| packed))
     }

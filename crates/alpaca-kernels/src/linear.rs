@@ -203,7 +203,7 @@ fn forward(
     };
     // Wᵀ as a [in, out] matrix: element (i, o) is weight[o·in + i].
     if precision() == Precision::Bf16 {
-        let packed = PackedB::pack(weight, (in_features, out_features), (1, in_features));
+        let packed = PackedB::transposed_weight(weight, (out_features, in_features));
         bf16_gemm::gemm(&mut y, rows, bias.is_some(), x, (in_features, 1), &packed);
         return y;
     }
@@ -240,7 +240,7 @@ fn backward(
                 let bf16 = precision() == Precision::Bf16;
                 let mut dx = vec![0.0f32; rows * in_features];
                 if bf16 {
-                    let packed = PackedB::pack(ws, (out_features, in_features), (in_features, 1));
+                    let packed = PackedB::weight(ws, (out_features, in_features));
                     bf16_gemm::gemm(&mut dx, rows, false, dys, (out_features, 1), &packed);
                 } else {
                     gemm_into(
