@@ -418,11 +418,6 @@ impl LoopSettings {
         serde_json::from_value(value).context("config lacks a training key")
     }
 
-    /// The precision asked for on this CPU (see [`crate::precision::parse`]).
-    pub fn precision(&self) -> Result<(Precision, Option<&'static str>)> {
-        crate::precision::parse(&self.precision)
-    }
-
     pub fn learning_rate(&self) -> f64 {
         self.lr.unwrap_or(if self.full { 2e-5 } else { 2e-4 })
     }

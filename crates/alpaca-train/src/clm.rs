@@ -58,7 +58,7 @@ pub fn train(config: &ClmConfig) -> Result<CausalRun> {
     }
     let settings = LoopSettings::of(config)?;
     // Checked before the data and the model load.
-    settings.precision()?;
+    crate::precision::parse(&settings.precision)?;
     let lora = if config.full {
         None
     } else {

@@ -213,7 +213,7 @@ pub fn train(config: &InstructConfig) -> Result<InstructReport> {
     }
     let settings = LoopSettings::of(config)?;
     // Checked before the data and the model load.
-    settings.precision()?;
+    crate::precision::parse(&settings.precision)?;
     let lora = if config.full {
         None
     } else {
@@ -403,7 +403,7 @@ pub fn train(config: &InstructConfig) -> Result<InstructReport> {
             let mut tuned = setup.load_model()?;
             load_adapter(&mut tuned, &best)?;
             // Scored with the products the run trained and evaluated with.
-            if run.precision.parse() == Ok(Precision::Bf16) {
+            if alpaca_kernels::linear::precision() == Precision::Bf16 {
                 tuned.pack_frozen_bf16()?;
             }
             tuned
