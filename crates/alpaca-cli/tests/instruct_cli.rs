@@ -113,7 +113,8 @@ fn train_then_generate_with_the_adapter_then_merge() {
     let adapter = run_dir.join("best");
     assert!(adapter.join("adapter_config.json").is_file());
 
-    let generate = |model: &Path, adapter: Option<&Path>| {
+    // 6 greedy tokens for the first instruction, with `extra` flags.
+    let generate_output = |model: &Path, adapter: Option<&Path>, extra: &[&str]| {
         let mut args = vec![
             "generate".to_string(),
             "--model".into(),
@@ -127,30 +128,23 @@ fn train_then_generate_with_the_adapter_then_merge() {
         if let Some(adapter) = adapter {
             args.extend(["--adapter".into(), path(adapter)]);
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         args.push(PAIRS[0].0.into());
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        succeeds(&args)
+        run(&args)
+    };
+    let generate = |model: &Path, adapter: Option<&Path>| {
+        let output = generate_output(model, adapter, &[]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
     };
     let adapted = generate(&model, Some(&adapter));
     // The same with the base in bf16 (packed once; the adapter stays f32).
-    let model_arg = path(&model);
-    let adapter_arg = path(&adapter);
-    let output = run(&[
-        "generate",
-        "--model",
-        &model_arg,
-        "--adapter",
-        &adapter_arg,
-        "--precision",
-        "bf16",
-        "--template",
-        "alpaca",
-        "--max-new-tokens",
-        "6",
-        "--ignore-eos",
-        "--timing",
-        PAIRS[0].0,
-    ]);
+    let output = generate_output(&model, Some(&adapter), &["--precision", "bf16", "--timing"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
     assert!(stderr.contains("6 new tokens"), "{stderr}");

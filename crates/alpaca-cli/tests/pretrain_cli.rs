@@ -108,45 +108,34 @@ fn tokenizer_then_new_bert_then_mask_filling() {
          intermediate_size = 32\nmax_position_embeddings = 32\n",
     )
     .unwrap();
+    // `train mlm` on the corpus with the small config, into `output`, with `extra` flags.
+    let train_mlm = |output: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "mlm",
+            "--config",
+            path(&config),
+            "--tokenizer",
+            path(&tokenizer),
+            "--corpus",
+            path(&corpus),
+            "--output",
+            path(output),
+            "--threads",
+            "1",
+        ];
+        args.extend_from_slice(extra);
+        succeeds(&args)
+    };
     let output = root.join("run");
-    let stdout = succeeds(&[
-        "train",
-        "mlm",
-        "--config",
-        path(&config),
-        "--tokenizer",
-        path(&tokenizer),
-        "--corpus",
-        path(&corpus),
-        "--output",
-        path(&output),
-        "--nsp",
-        "--whole-word-mask",
-        "--threads",
-        "1",
-    ]);
+    let stdout = train_mlm(&output, &["--nsp", "--whole-word-mask"]);
     assert!(stdout.contains("# Pre-training report"), "{stdout}");
     assert!(stdout.contains("NSP accuracy"), "{stdout}");
     let saved = std::fs::read_to_string(output.join("config.toml")).unwrap();
     assert!(saved.contains("whole_word_mask = true"), "{saved}");
     // The same pre-training with bf16 products (an encoder's trainable linear layers).
     let bf16_run = root.join("run-bf16");
-    let stdout = succeeds(&[
-        "train",
-        "mlm",
-        "--config",
-        path(&config),
-        "--tokenizer",
-        path(&tokenizer),
-        "--corpus",
-        path(&corpus),
-        "--output",
-        path(&bf16_run),
-        "--precision",
-        "bf16",
-        "--threads",
-        "1",
-    ]);
+    let stdout = train_mlm(&bf16_run, &["--precision", "bf16"]);
     assert!(stdout.contains("# Pre-training report"), "{stdout}");
     let saved = std::fs::read_to_string(bf16_run.join("config.toml")).unwrap();
     assert!(saved.contains("precision = \"bf16\""), "{saved}");
