@@ -69,19 +69,7 @@ pub fn causal_attention(
     if tq > tk {
         bail!("{OP}: more queries ({tq}) than keys ({tk}); queries are the last Tq positions")
     }
-    let mask = match mask {
-        None => None,
-        Some(m) => {
-            check_f32_cpu(OP, "mask", m)?;
-            if m.dims() != [b, tk] {
-                bail!(
-                    "{OP}: mask must be [{b}, {tk}] (batch, keys), got {:?}",
-                    m.shape()
-                )
-            }
-            Some(Arc::new(m.flatten_all()?.to_vec1::<f32>()?))
-        }
-    };
+    let mask = key_mask(OP, mask, b, tk)?;
     q.contiguous()?.apply_op3(
         &k.contiguous()?,
         &v.contiguous()?,
@@ -92,20 +80,38 @@ pub fn causal_attention(
     )
 }
 
-struct CausalAttention {
+/// The key padding mask [B, Tk] as data, checked.
+pub(crate) fn key_mask(
+    op: &str,
+    mask: Option<&Tensor>,
+    b: usize,
+    tk: usize,
+) -> Result<Option<Arc<Vec<f32>>>> {
+    let Some(m) = mask else { return Ok(None) };
+    check_f32_cpu(op, "mask", m)?;
+    if m.dims() != [b, tk] {
+        bail!(
+            "{op}: mask must be [{b}, {tk}] (batch, keys), got {:?}",
+            m.shape()
+        )
+    }
+    Ok(Some(Arc::new(m.flatten_all()?.to_vec1::<f32>()?)))
+}
+
+pub(crate) struct CausalAttention {
     /// [B, Tk], 1 = attend
-    mask: Option<Arc<Vec<f32>>>,
-    scale: f32,
+    pub(crate) mask: Option<Arc<Vec<f32>>>,
+    pub(crate) scale: f32,
 }
 
 /// Sizes of one call.
 #[derive(Clone, Copy)]
-struct Dims {
-    hq: usize,
-    hkv: usize,
-    tq: usize,
-    tk: usize,
-    d: usize,
+pub(crate) struct Dims {
+    pub(crate) hq: usize,
+    pub(crate) hkv: usize,
+    pub(crate) tq: usize,
+    pub(crate) tk: usize,
+    pub(crate) d: usize,
 }
 
 impl Dims {
@@ -315,34 +321,13 @@ impl CausalAttention {
     }
 }
 
-impl CustomOp3 for CausalAttention {
-    fn name(&self) -> &'static str {
-        "alpaca-causal-attention"
-    }
-
-    // forward, per (b, kv head) in parallel and block of query positions, the G heads'
-    // rows stacked:
-    //   P = softmax over attended j of scale · Q Kᵀ;  O = P V      o [B, Hq, Tq, D]
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-        s3: &CpuStorage,
-        l3: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let name = self.name();
-        let (q, k, v) = (
-            slice_f32(name, s1, l1)?,
-            slice_f32(name, s2, l2)?,
-            slice_f32(name, s3, l3)?,
-        );
-        let dims = Dims::of(l1.dims(), l2.dims());
+impl CausalAttention {
+    /// o [B, Hq, Tq, D] from contiguous q [B, Hq, Tq, D], k and v [B, Hkv, Tk, D].
+    pub(crate) fn forward(&self, dims: Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let (tq, tk, d, groups) = (dims.tq, dims.tk, dims.d, dims.groups());
         let mut out = vec![0.0f32; q.len()];
         if out.is_empty() || tk == 0 {
-            return Ok((CpuStorage::F32(out), l1.shape().clone()));
+            return out;
         }
         let group = groups * tq * d;
         out.par_chunks_mut(group)
@@ -370,6 +355,77 @@ impl CustomOp3 for CausalAttention {
                     scatter(dims, block, &scratch.o, o_group);
                 }
             });
+        out
+    }
+
+    /// (dq, dk, dv) in the layouts of q, k and v, from dout in o's.
+    pub(crate) fn backward(
+        &self,
+        dims: Dims,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        dout: &[f32],
+    ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let (tq, tk, d, groups) = (dims.tq, dims.tk, dims.d, dims.groups());
+        let mut dq = vec![0.0f32; q.len()];
+        let mut dk = vec![0.0f32; k.len()];
+        let mut dv = vec![0.0f32; v.len()];
+        if dq.is_empty() || dk.is_empty() {
+            return (dq, dk, dv);
+        }
+        let group = groups * tq * d;
+        dq.par_chunks_mut(group)
+            .zip(dk.par_chunks_mut(tk * d))
+            .zip(dv.par_chunks_mut(tk * d))
+            .enumerate()
+            .for_each(|(task, ((dq_group, dk_head), dv_head))| {
+                let batch = task / dims.hkv;
+                let mut scratch = Scratch::new(dims, true);
+                for block in dims.blocks() {
+                    self.backward_block(
+                        dims,
+                        batch,
+                        block,
+                        &mut scratch,
+                        (
+                            &q[task * group..][..group],
+                            &k[task * tk * d..][..tk * d],
+                            &v[task * tk * d..][..tk * d],
+                            &dout[task * group..][..group],
+                        ),
+                        (&mut *dq_group, &mut *dk_head, &mut *dv_head),
+                    );
+                }
+            });
+        (dq, dk, dv)
+    }
+}
+
+impl CustomOp3 for CausalAttention {
+    fn name(&self) -> &'static str {
+        "alpaca-causal-attention"
+    }
+
+    // forward, per (b, kv head) in parallel and block of query positions, the G heads'
+    // rows stacked:
+    //   P = softmax over attended j of scale · Q Kᵀ;  O = P V      o [B, Hq, Tq, D]
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (q, k, v) = (
+            slice_f32(name, s1, l1)?,
+            slice_f32(name, s2, l2)?,
+            slice_f32(name, s3, l3)?,
+        );
+        let out = self.forward(Dims::of(l1.dims(), l2.dims()), q, k, v);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
@@ -388,43 +444,14 @@ impl CustomOp3 for CausalAttention {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let name = self.name();
         let dims = Dims::of(q.dims(), k.dims());
-        let (tq, tk, d, groups) = (dims.tq, dims.tk, dims.d, dims.groups());
         let (dq, dk, dv) = with_f32(name, q, |q| {
             with_f32(name, k, |k| {
                 with_f32(name, v, |v| {
-                    with_f32(name, grad_out, |dout| {
-                        let mut dq = vec![0.0f32; q.len()];
-                        let mut dk = vec![0.0f32; k.len()];
-                        let mut dv = vec![0.0f32; v.len()];
-                        if dq.is_empty() || dk.is_empty() {
-                            return Ok((dq, dk, dv));
-                        }
-                        let group = groups * tq * d;
-                        dq.par_chunks_mut(group)
-                            .zip(dk.par_chunks_mut(tk * d))
-                            .zip(dv.par_chunks_mut(tk * d))
-                            .enumerate()
-                            .for_each(|(task, ((dq_group, dk_head), dv_head))| {
-                                let batch = task / dims.hkv;
-                                let mut scratch = Scratch::new(dims, true);
-                                for block in dims.blocks() {
-                                    self.backward_block(
-                                        dims,
-                                        batch,
-                                        block,
-                                        &mut scratch,
-                                        (
-                                            &q[task * group..][..group],
-                                            &k[task * tk * d..][..tk * d],
-                                            &v[task * tk * d..][..tk * d],
-                                            &dout[task * group..][..group],
-                                        ),
-                                        (&mut *dq_group, &mut *dk_head, &mut *dv_head),
-                                    );
-                                }
-                            });
-                        Ok((dq, dk, dv))
-                    })
+                    with_f32(
+                        name,
+                        grad_out,
+                        |dout| Ok(self.backward(dims, q, k, v, dout)),
+                    )
                 })
             })
         })?;

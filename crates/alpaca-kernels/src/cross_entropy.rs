@@ -49,39 +49,49 @@ struct CrossEntropy {
     ignore_index: i64,
 }
 
+/// Class indices from i64 or u32 `targets` (`None` = `ignore_index`), each checked against
+/// [0, C).
+pub(crate) fn class_targets(
+    op: &str,
+    s: &CpuStorage,
+    l: &Layout,
+    c: usize,
+    ignore_index: i64,
+) -> Result<Vec<Option<usize>>> {
+    let (a, b) = match l.contiguous_offsets() {
+        Some(o) => o,
+        None => bail!("{op}: internal error, targets not contiguous"),
+    };
+    let raw: Vec<i64> = match s {
+        CpuStorage::I64(v) => v[a..b].to_vec(),
+        CpuStorage::U32(v) => v[a..b].iter().map(|&t| t as i64).collect(),
+        _ => bail!("{op}: targets must be i64 or u32"),
+    };
+    raw.iter()
+        .enumerate()
+        .map(|(row, &t)| {
+            if t == ignore_index {
+                Ok(None)
+            } else if t < 0 || t as u64 >= c as u64 {
+                bail!(
+                    "{op}: target {t} at row {row} is outside [0, {c}) and is not the ignore index {ignore_index}"
+                )
+            } else {
+                Ok(Some(t as usize))
+            }
+        })
+        .collect()
+}
+
 impl CrossEntropy {
-    /// Targets as i64 (`None` = ignored), validated against [0, C).
     fn targets(&self, s: &CpuStorage, l: &Layout, c: usize) -> Result<Vec<Option<usize>>> {
-        let (a, b) = match l.contiguous_offsets() {
-            Some(o) => o,
-            None => bail!("cross_entropy: internal error, targets not contiguous"),
-        };
-        let raw: Vec<i64> = match s {
-            CpuStorage::I64(v) => v[a..b].to_vec(),
-            CpuStorage::U32(v) => v[a..b].iter().map(|&t| t as i64).collect(),
-            _ => bail!("cross_entropy: targets must be i64 or u32"),
-        };
-        raw.iter()
-            .enumerate()
-            .map(|(row, &t)| {
-                if t == self.ignore_index {
-                    Ok(None)
-                } else if t < 0 || t as u64 >= c as u64 {
-                    bail!(
-                        "cross_entropy: target {t} at row {row} is outside [0, {c}) and is not the ignore index {}",
-                        self.ignore_index
-                    )
-                } else {
-                    Ok(Some(t as usize))
-                }
-            })
-            .collect()
+        class_targets("cross_entropy", s, l, c, self.ignore_index)
     }
 }
 
 /// log Σ exp(row), stable.
 #[inline(always)]
-fn logsumexp(row: &[f32]) -> f32 {
+pub(crate) fn logsumexp(row: &[f32]) -> f32 {
     let m = math::max(row);
     let mut acc = [0.0f32; math::LANES];
     let chunks = row.chunks_exact(math::LANES);

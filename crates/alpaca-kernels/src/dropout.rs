@@ -28,7 +28,7 @@ pub fn dropout(x: &Tensor, probability: f32, seed: u64) -> Result<Tensor> {
     x.contiguous()?.apply_op1(Dropout::new(probability, seed))
 }
 
-struct Dropout {
+pub(crate) struct Dropout {
     /// keep iff the 24-bit uniform ≥ threshold
     threshold: u32,
     scale: f32,
@@ -36,7 +36,7 @@ struct Dropout {
 }
 
 impl Dropout {
-    fn new(p: f32, seed: u64) -> Self {
+    pub(crate) fn new(p: f32, seed: u64) -> Self {
         Self {
             threshold: (p as f64 * (1u64 << 24) as f64).round() as u32,
             scale: 1.0 / (1.0 - p),
@@ -44,22 +44,27 @@ impl Dropout {
         }
     }
 
-    /// y = x · mask · scale over a chunk whose first element has global index `start`.
+    /// y = x · mask · scale (or, when `ACCUMULATE`, y += x · mask · scale) over a chunk whose
+    /// first element has global index `start`.
     #[inline(always)]
-    fn apply(&self, start: usize, src: &[f32], dst: &mut [f32]) {
+    fn apply<const ACCUMULATE: bool>(&self, start: usize, src: &[f32], dst: &mut [f32]) {
         for (i, (o, &v)) in dst.iter_mut().zip(src).enumerate() {
             let idx = (start + i) as u64;
             let u = (mix(self.key.wrapping_add(idx.wrapping_mul(GOLDEN))) >> 40) as u32;
-            *o = if u >= self.threshold {
+            let kept = if u >= self.threshold {
                 v * self.scale
             } else {
                 0.0
             };
+            if ACCUMULATE {
+                *o += kept;
+            } else {
+                *o = kept;
+            }
         }
     }
 
-    fn run(&self, src: &[f32]) -> Vec<f32> {
-        let mut dst = vec![0.0f32; src.len()];
+    fn run_into<const ACCUMULATE: bool>(&self, src: &[f32], dst: &mut [f32]) {
         dst.par_chunks_mut(CHUNK)
             .zip(src.par_chunks(CHUNK))
             .enumerate()
@@ -67,10 +72,21 @@ impl Dropout {
                 // AVX-512DQ multiplies 64-bit lanes (vpmullq), so the hash vectorises there.
                 crate::math::simd(
                     #[inline(always)]
-                    || self.apply(c * CHUNK, s, d),
+                    || self.apply::<ACCUMULATE>(c * CHUNK, s, d),
                 )
             });
+    }
+
+    /// x · mask · scale, element i of `src` having index i.
+    pub(crate) fn run(&self, src: &[f32]) -> Vec<f32> {
+        let mut dst = vec![0.0f32; src.len()];
+        self.run_into::<false>(src, &mut dst);
         dst
+    }
+
+    /// dst += src · mask · scale, with the masks [`Dropout::run`] uses for the same indices.
+    pub(crate) fn accumulate(&self, src: &[f32], dst: &mut [f32]) {
+        self.run_into::<true>(src, dst);
     }
 }
 

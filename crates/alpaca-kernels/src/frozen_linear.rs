@@ -63,6 +63,34 @@ impl FrozenWeight {
         (self.out_features, self.in_features)
     }
 
+    /// y [rows, out] = x [rows, in] · Wᵀ, overwriting y.
+    pub(crate) fn forward_into(&self, x: &[f32], y: &mut [f32]) {
+        let rows = x.len() / self.in_features;
+        gemm(y, rows, false, x, (self.in_features, 1), &self.forward);
+    }
+
+    /// dx [rows, in] = dy [rows, out] · W.
+    pub(crate) fn input_gradient(&self, dy: &[f32]) -> Result<Vec<f32>> {
+        let rows = dy.len() / self.out_features;
+        let mut dx = vec![0.0f32; rows * self.in_features];
+        self.input_gradient_into(dy, &mut dx)?;
+        Ok(dx)
+    }
+
+    /// dx [rows, in] = dy [rows, out] · W, overwriting dx.
+    pub(crate) fn input_gradient_into(&self, dy: &[f32], dx: &mut [f32]) -> Result<()> {
+        let rows = dy.len() / self.out_features;
+        gemm(
+            dx,
+            rows,
+            false,
+            dy,
+            (self.out_features, 1),
+            self.backward()?,
+        );
+        Ok(())
+    }
+
     /// Bytes of the packed layouts made so far.
     pub fn size_in_bytes(&self) -> usize {
         self.forward.size_in_bytes() + self.backward.get().map_or(0, PackedB::size_in_bytes)
@@ -96,14 +124,7 @@ impl CustomOp1 for FrozenLinear {
         let weight = &self.0;
         let rows = x.len() / weight.in_features;
         let mut y = vec![0.0f32; rows * weight.out_features];
-        gemm(
-            &mut y,
-            rows,
-            false,
-            x,
-            (weight.in_features, 1),
-            &weight.forward,
-        );
+        weight.forward_into(x, &mut y);
         let mut dims = layout.shape().dims().to_vec();
         *dims.last_mut().expect("x has a last dim") = weight.out_features;
         Ok((CpuStorage::F32(y), Shape::from(dims)))
@@ -111,20 +132,8 @@ impl CustomOp1 for FrozenLinear {
 
     /// dx [N, in] = dy [N, out] · W [out, in]
     fn bwd(&self, x: &Tensor, _y: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        let weight = &self.0;
-        let backward = weight.backward()?;
         with_f32(self.name(), dy, |dys| {
-            let rows = dys.len() / weight.out_features;
-            let mut dx = vec![0.0f32; rows * weight.in_features];
-            gemm(
-                &mut dx,
-                rows,
-                false,
-                dys,
-                (weight.out_features, 1),
-                backward,
-            );
-            Ok(Some(tensor_from(dx, x.shape())?))
+            Ok(Some(tensor_from(self.0.input_gradient(dys)?, x.shape())?))
         })
     }
 }

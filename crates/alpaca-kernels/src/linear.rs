@@ -91,10 +91,10 @@ fn parallelism() -> gemm::Parallelism {
     }
 }
 
-/// dst[m, n] (row-major, contiguous) = accumulate·dst + Σ_k lhs[m, k] · rhs[k, n], with the
-/// operands given by (row stride, column stride) so transposes cost nothing.
+/// dst[m, n] (row-major, contiguous) = accumulate·dst + scale · Σ_k lhs[m, k] · rhs[k, n],
+/// with the operands given by (row stride, column stride) so transposes cost nothing.
 #[allow(clippy::too_many_arguments)]
-fn gemm_into(
+pub(crate) fn gemm_into(
     dst: &mut [f32],
     (m, n, k): (usize, usize, usize),
     accumulate: bool,
@@ -102,6 +102,7 @@ fn gemm_into(
     (lhs_rs, lhs_cs): (usize, usize),
     rhs: &[f32],
     (rhs_rs, rhs_cs): (usize, usize),
+    scale: f32,
 ) {
     assert!(dst.len() >= m * n, "gemm_into: destination too small");
     assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
@@ -124,7 +125,7 @@ fn gemm_into(
             rhs_cs as isize,
             rhs_rs as isize,
             1.0,
-            1.0,
+            scale,
             false,
             false,
             false,
@@ -215,6 +216,7 @@ fn forward(
         (in_features, 1),
         weight,
         (1, in_features),
+        1.0,
     );
     y
 }
@@ -251,6 +253,7 @@ fn backward(
                         (out_features, 1),
                         ws,
                         (in_features, 1),
+                        1.0,
                     );
                 }
                 let dw = if weight.track_op() {
@@ -275,6 +278,7 @@ fn backward(
                             (1, out_features),
                             xs,
                             (in_features, 1),
+                            1.0,
                         );
                     }
                     Some(tensor_from(dw, (out_features, in_features))?)

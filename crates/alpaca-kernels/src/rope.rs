@@ -99,16 +99,16 @@ pub fn rope(x: &Tensor, tables: &RopeTables, offset: usize) -> Result<Tensor> {
     })
 }
 
-struct Rope {
-    tables: RopeTables,
-    offset: usize,
+pub(crate) struct Rope {
+    pub(crate) tables: RopeTables,
+    pub(crate) offset: usize,
     /// rotate by −angle (the backward)
-    inverse: bool,
+    pub(crate) inverse: bool,
 }
 
 impl Rope {
     /// y = R(±angle) x for every row of `x` ([rows, D], T rows per (b, h)).
-    fn apply(&self, x: &[f32], t: usize) -> Vec<f32> {
+    pub(crate) fn apply(&self, x: &[f32], t: usize) -> Vec<f32> {
         let d = self.tables.head_dim;
         let half = d / 2;
         let sign = if self.inverse { -1.0f32 } else { 1.0 };

@@ -162,6 +162,27 @@ impl LlamaForCausalLM {
         self.logits(hidden)
     }
 
+    /// Mean cross-entropy of the logits of `hidden` [P, H] against `targets` [P] (rows whose
+    /// target is [`IGNORE_INDEX`] skipped). With a frozen head packed in bf16 (LoRA) this is one
+    /// op that never holds the [P, vocab] logits and, when training, forms the gradient for
+    /// `hidden` as it goes; otherwise the logits, then the loss.
+    pub fn head_loss(&self, hidden: &Tensor, targets: &Tensor, mode: Mode) -> Result<Tensor> {
+        if let Some(packed) = &self.head_bf16 {
+            return Ok(alpaca_kernels::frozen_head_cross_entropy(
+                hidden,
+                packed,
+                targets,
+                IGNORE_INDEX,
+                mode.train,
+            )?);
+        }
+        Ok(alpaca_kernels::cross_entropy(
+            &self.logits(hidden)?,
+            targets,
+            IGNORE_INDEX,
+        )?)
+    }
+
     /// Mean next-token cross-entropy as transformers computes it: position i predicts
     /// labels[i + 1]; labels equal to −100 (and the last position) are skipped.
     /// logits [b, t, vocab], labels [b, t] i64 → scalar.

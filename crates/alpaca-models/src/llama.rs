@@ -211,6 +211,18 @@ fn live(parameter: &Var, frozen: bool) -> Tensor {
 pub trait ProjectionAdapter: Send + Sync {
     /// x [.., in] → the term added to x Wᵀ, [.., out].
     fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor>;
+
+    /// The whole projection, x Wᵀ plus the term, as one op over the packed frozen weight, for
+    /// adapters that have such an op; `None` composes [`ProjectionAdapter::forward`] with the
+    /// base product instead.
+    fn forward_fused(
+        &self,
+        _x: &Tensor,
+        _weight: &Arc<FrozenWeight>,
+        _mode: Mode,
+    ) -> Option<Result<Tensor>> {
+        None
+    }
 }
 
 /// One of a decoder layer's seven projections (q/k/v/o, gate/up/down): `x Wᵀ` with HF's weight
@@ -257,6 +269,11 @@ impl Projection {
 
     /// x [.., in] → [.., out]
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        if let (Some(packed), Some(adapter)) = (&self.bf16, &self.adapter) {
+            if let Some(fused) = adapter.forward_fused(x, packed, mode) {
+                return fused;
+            }
+        }
         let base = match &self.bf16 {
             Some(packed) => alpaca_kernels::frozen_linear(x, packed)?,
             None => alpaca_kernels::linear_no_bias(x, &live(&self.linear.weight, self.frozen))?,
@@ -587,22 +604,32 @@ impl LlamaModel {
         );
         let attention = &layer.self_attn;
         let normed = layer.input_layernorm.forward(x)?;
-        // [b, t, n·d] → [b, n, t, d]
-        let split_heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((batch, length, n, d))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let offset = cache.as_ref().map_or(0, |(_, offset)| *offset);
-        let query = split_heads(attention.q_proj.forward(&normed, mode)?, heads)?;
-        let key = split_heads(attention.k_proj.forward(&normed, mode)?, kv_heads)?;
-        let value = split_heads(attention.v_proj.forward(&normed, mode)?, kv_heads)?;
-        let query = alpaca_kernels::rope(&query, &self.rope, offset)?;
-        let key = alpaca_kernels::rope(&key, &self.rope, offset)?;
-        // keys/values [b, hkv, P + t, d]
-        let (key, value) = match cache {
-            None => (key, value),
-            Some((slot, _)) => {
+        let query = attention.q_proj.forward(&normed, mode)?;
+        let key = attention.k_proj.forward(&normed, mode)?;
+        let value = attention.v_proj.forward(&normed, mode)?;
+        let scale = 1.0 / (d as f64).sqrt();
+        // context [b, t, hq·d]
+        let context = match cache {
+            // All positions at once (training, scoring): one op on the projections' layout.
+            None => alpaca_kernels::rotary_causal_attention(
+                &query,
+                &key,
+                &value,
+                &self.rope,
+                attention_mask,
+                scale,
+            )?,
+            Some((slot, offset)) => {
+                // [b, t, n·d] → [b, n, t, d], the layout the cache keeps.
+                let split_heads = |y: Tensor, n: usize| -> Result<Tensor> {
+                    Ok(y.reshape((batch, length, n, d))?
+                        .transpose(1, 2)?
+                        .contiguous()?)
+                };
+                let query = alpaca_kernels::rope(&split_heads(query, heads)?, &self.rope, offset)?;
+                let key = alpaca_kernels::rope(&split_heads(key, kv_heads)?, &self.rope, offset)?;
+                let value = split_heads(value, kv_heads)?;
+                // keys/values [b, hkv, P + t, d]
                 let (key, value) = match slot.take() {
                     Some((past_key, past_value)) => (
                         Tensor::cat(&[&past_key, &key], 2)?,
@@ -611,20 +638,12 @@ impl LlamaModel {
                     None => (key, value),
                 };
                 *slot = Some((key.clone(), value.clone()));
-                (key, value)
+                alpaca_kernels::causal_attention(&query, &key, &value, attention_mask, scale)?
+                    .transpose(1, 2)?
+                    .contiguous()?
+                    .reshape((batch, length, heads * d))?
             }
         };
-        // context [b, hq, t, d] → [b, t, hq·d]
-        let context = alpaca_kernels::causal_attention(
-            &query,
-            &key,
-            &value,
-            attention_mask,
-            1.0 / (d as f64).sqrt(),
-        )?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((batch, length, heads * d))?;
         let x = (x + attention.o_proj.forward(&context, mode)?)?;
 
         let mlp = &layer.mlp;

@@ -8,6 +8,9 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
+
+use alpaca_kernels::{FrozenWeight, LoraBranch};
 
 use candle_core::{DType, Device, Tensor, Var};
 use rand::rngs::StdRng;
@@ -103,6 +106,29 @@ impl ProjectionAdapter for LoraAdapter {
         let low = alpaca_kernels::linear_no_bias(&x, self.a.as_tensor())?;
         let up = alpaca_kernels::linear_no_bias(&low, self.b.as_tensor())?;
         Ok(up.affine(self.scaling, 0.0)?)
+    }
+
+    fn forward_fused(
+        &self,
+        x: &Tensor,
+        weight: &Arc<FrozenWeight>,
+        mode: Mode,
+    ) -> Option<Result<Tensor>> {
+        let branch = LoraBranch {
+            scaling: self.scaling as f32,
+            dropout: if mode.train { self.dropout as f32 } else { 0.0 },
+            seed: mode.site_seed(self.site),
+        };
+        Some(
+            alpaca_kernels::frozen_linear_with_lora(
+                x,
+                weight,
+                self.a.as_tensor(),
+                self.b.as_tensor(),
+                branch,
+            )
+            .map_err(Into::into),
+        )
     }
 }
 

@@ -234,12 +234,7 @@ fn batch_loss(model: &LlamaForCausalLM, batch: &CausalBatch, mode: Mode) -> Resu
     let picked = hidden
         .reshape((rows * length, size))?
         .index_select(&batch.positions, 0)?;
-    let logits = model.logits_of(&picked)?;
-    Ok(alpaca_kernels::cross_entropy(
-        &logits,
-        &batch.targets,
-        IGNORE_INDEX,
-    )?)
+    Ok(model.head_loss(&picked, &batch.targets, mode)?)
 }
 
 /// Token-weighted mean loss over the examples' labelled tokens, and their count.

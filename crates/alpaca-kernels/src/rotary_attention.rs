@@ -1,0 +1,336 @@
+//! LLaMA's attention between its projections as one op: the rotary embedding of queries and
+//! keys, then causal attention with grouped-query heads and the key padding mask, taking and
+//! returning the projections' own token-major layout [B, T, H·D].
+//!
+//! Why: composed from candle ops the same work is fourteen graph nodes per layer (per q, k
+//! and v a reshape, a transpose and a copy; two ropes; the attention; a transpose, a copy and
+//! a reshape back), and candle's backward allocates a zeroed gradient and adds into it at
+//! every node: a dozen full-size passes per layer besides the strided copies, which candle
+//! runs on one thread. Here the layout changes are parallel copies into the op's own buffers,
+//! and backward visits one node. The numbers are those of [`crate::rope`] followed by
+//! [`crate::causal_attention`]: the same code runs on the head-major copies.
+//!
+//! Training and scoring only (all T positions at once, offset 0); decoding with a KV cache
+//! keeps the composed ops, whose cache holds rotated keys.
+
+use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::causal_attention::{key_mask, CausalAttention, Dims};
+use crate::rope::{Rope, RopeTables};
+use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
+
+/// q [B, T, Hq·D], k and v [B, T, Hkv·D] (Hq a multiple of Hkv, D the tables' head size) →
+/// attention output [B, T, Hq·D], with rope applied to q and k at positions 0..T, the
+/// optional key padding `mask` [B, T] (1 = token) and score `scale`. Differentiable w.r.t.
+/// q, k and v.
+pub fn rotary_causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    tables: &RopeTables,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    const OP: &str = "rotary causal attention";
+    check_f32_cpu(OP, "q", q)?;
+    check_f32_cpu(OP, "k", k)?;
+    check_f32_cpu(OP, "v", v)?;
+    let d = tables.head_dim();
+    let dims3 = |t: &Tensor, what: &str| {
+        t.dims3().map_err(|_| {
+            candle_core::Error::Msg(format!(
+                "{OP}: {what} must be [batch, seq, heads·head_dim], got {:?}",
+                t.shape()
+            ))
+        })
+    };
+    let (b, t, q_width) = dims3(q, "q")?;
+    let (kb, kt, kv_width) = dims3(k, "k")?;
+    if v.dims() != k.dims() {
+        bail!(
+            "{OP}: v must have k's shape {:?}, got {:?}",
+            k.shape(),
+            v.shape()
+        )
+    }
+    if (kb, kt) != (b, t) {
+        bail!(
+            "{OP}: k {:?} must match q {:?} in batch and length",
+            k.shape(),
+            q.shape()
+        )
+    }
+    if !q_width.is_multiple_of(d) || !kv_width.is_multiple_of(d) || kv_width == 0 {
+        bail!(
+            "{OP}: q {:?} and k {:?} must be whole heads of the tables' head_dim {d}",
+            q.shape(),
+            k.shape()
+        )
+    }
+    let (hq, hkv) = (q_width / d, kv_width / d);
+    if !hq.is_multiple_of(hkv) {
+        bail!("{OP}: query heads {hq} must be a multiple of key/value heads {hkv}")
+    }
+    if t > tables.positions() {
+        bail!(
+            "{OP}: {t} positions exceed the {} of the tables (max_position_embeddings)",
+            tables.positions()
+        )
+    }
+    let attention = CausalAttention {
+        mask: key_mask(OP, mask, b, t)?,
+        scale: scale as f32,
+    };
+    q.contiguous()?.apply_op3(
+        &k.contiguous()?,
+        &v.contiguous()?,
+        RotaryAttention {
+            attention,
+            tables: tables.clone(),
+            dims: Dims {
+                hq,
+                hkv,
+                tq: t,
+                tk: t,
+                d,
+            },
+        },
+    )
+}
+
+struct RotaryAttention {
+    attention: CausalAttention,
+    tables: RopeTables,
+    dims: Dims,
+}
+
+/// [B, T, H, D] → [B, H, T, D], `heads` = H.
+fn to_head_major(x: &[f32], t: usize, heads: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(t * d)
+        .enumerate()
+        .for_each(|(batch_head, head_rows)| {
+            let (batch, head) = (batch_head / heads, batch_head % heads);
+            for (position, row) in head_rows.chunks_exact_mut(d).enumerate() {
+                row.copy_from_slice(&x[((batch * t + position) * heads + head) * d..][..d]);
+            }
+        });
+    out
+}
+
+/// [B, H, T, D] → [B, T, H, D], `heads` = H.
+fn to_token_major(x: &[f32], t: usize, heads: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(heads * d)
+        .enumerate()
+        .for_each(|(batch_position, token)| {
+            let (batch, position) = (batch_position / t, batch_position % t);
+            for (head, row) in token.chunks_exact_mut(d).enumerate() {
+                row.copy_from_slice(&x[((batch * heads + head) * t + position) * d..][..d]);
+            }
+        });
+    out
+}
+
+impl RotaryAttention {
+    fn rope(&self, inverse: bool) -> Rope {
+        Rope {
+            tables: self.tables.clone(),
+            offset: 0,
+            inverse,
+        }
+    }
+
+    /// The head-major, rotated q and k and head-major v the attention kernel works on.
+    fn head_major(&self, q: &[f32], k: &[f32], v: &[f32]) -> [Vec<f32>; 3] {
+        let Dims {
+            hq, hkv, tq: t, d, ..
+        } = self.dims;
+        let rope = self.rope(false);
+        [
+            rope.apply(&to_head_major(q, t, hq, d), t),
+            rope.apply(&to_head_major(k, t, hkv, d), t),
+            to_head_major(v, t, hkv, d),
+        ]
+    }
+}
+
+impl CustomOp3 for RotaryAttention {
+    fn name(&self) -> &'static str {
+        "alpaca-rotary-causal-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        q_storage: &CpuStorage,
+        q_layout: &Layout,
+        k_storage: &CpuStorage,
+        k_layout: &Layout,
+        v_storage: &CpuStorage,
+        v_layout: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let [q, k, v] = self.head_major(
+            slice_f32(name, q_storage, q_layout)?,
+            slice_f32(name, k_storage, k_layout)?,
+            slice_f32(name, v_storage, v_layout)?,
+        );
+        let out = self.attention.forward(self.dims, &q, &k, &v);
+        let Dims { hq, tq: t, d, .. } = self.dims;
+        Ok((
+            CpuStorage::F32(to_token_major(&out, t, hq, d)),
+            q_layout.shape().clone(),
+        ))
+    }
+
+    // backward: q, k, v brought to head-major and rotated again (as in the forward), the
+    // attention's backward, then dq and dk rotated back (rope's transpose) and all three
+    // returned to token-major.
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        _out: &Tensor,
+        grad_out: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let name = self.name();
+        let Dims {
+            hq, hkv, tq: t, d, ..
+        } = self.dims;
+        let (dq, dk, dv) = with_f32(name, q, |q| {
+            with_f32(name, k, |k| {
+                with_f32(name, v, |v| {
+                    with_f32(name, grad_out, |dout| {
+                        let [q, k, v] = self.head_major(q, k, v);
+                        let dout = to_head_major(dout, t, hq, d);
+                        let (dq, dk, dv) = self.attention.backward(self.dims, &q, &k, &v, &dout);
+                        let inverse = self.rope(true);
+                        Ok((
+                            to_token_major(&inverse.apply(&dq, t), t, hq, d),
+                            to_token_major(&inverse.apply(&dk, t), t, hkv, d),
+                            to_token_major(&dv, t, hkv, d),
+                        ))
+                    })
+                })
+            })
+        })?;
+        Ok((
+            Some(tensor_from(dq, q.shape())?),
+            Some(tensor_from(dk, k.shape())?),
+            Some(tensor_from(dv, v.shape())?),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{causal_attention, rope};
+    use candle_core::{Device, Var};
+
+    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// Against the composed ops the LLaMA layer used (split heads, rope, causal_attention,
+    /// merge heads): output and the gradients of q, k and v, with grouped-query heads and a
+    /// padded row.
+    #[test]
+    fn equals_rope_then_causal_attention() {
+        let device = &Device::Cpu;
+        let (b, t, hq, hkv, d) = (2, 11, 4, 2, 8);
+        let tables = RopeTables::new(d, 10_000.0, 32).unwrap();
+        let variable = |heads: usize| {
+            Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, heads * d), device).unwrap()).unwrap()
+        };
+        let (q, k, v) = (variable(hq), variable(hkv), variable(hkv));
+        let mut mask = vec![1.0f32; b * t];
+        mask[t + 7..].fill(0.0); // the second row has 7 tokens
+        let mask = Tensor::from_vec(mask, (b, t), device).unwrap();
+        let upstream = Tensor::randn(0f32, 1.0, (b, t, hq * d), device).unwrap();
+
+        let fused = rotary_causal_attention(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            &tables,
+            Some(&mask),
+            0.3,
+        )
+        .unwrap();
+        let split = |x: &Tensor, heads: usize| {
+            x.reshape((b, t, heads, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let composed = causal_attention(
+            &rope(&split(q.as_tensor(), hq), &tables, 0).unwrap(),
+            &rope(&split(k.as_tensor(), hkv), &tables, 0).unwrap(),
+            &split(v.as_tensor(), hkv),
+            Some(&mask),
+            0.3,
+        )
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, t, hq * d))
+        .unwrap();
+        assert!(max_difference(&fused, &composed) < 1e-5);
+
+        let gradients = |y: &Tensor| {
+            let g = (y * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            [q.as_tensor(), k.as_tensor(), v.as_tensor()].map(|x| g.get(x).unwrap().clone())
+        };
+        for (fused, composed) in gradients(&fused).iter().zip(gradients(&composed).iter()) {
+            assert!(max_difference(fused, composed) < 1e-4);
+            assert!(
+                fused
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+                    > 0.01
+            );
+        }
+    }
+
+    #[test]
+    fn shapes_that_are_not_whole_heads_are_errors() {
+        let device = &Device::Cpu;
+        let tables = RopeTables::new(4, 10_000.0, 8).unwrap();
+        let zeros =
+            |width: usize| Tensor::zeros((1, 3, width), candle_core::DType::F32, device).unwrap();
+        let error = rotary_causal_attention(&zeros(8), &zeros(6), &zeros(6), &tables, None, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("whole heads"), "{error}");
+        let error = rotary_causal_attention(&zeros(12), &zeros(8), &zeros(8), &tables, None, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("multiple of key/value heads"), "{error}");
+        let long = Tensor::zeros((1, 9, 4), candle_core::DType::F32, device).unwrap();
+        let error = rotary_causal_attention(&long, &long, &long, &tables, None, 1.0)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("exceed"), "{error}");
+    }
+}
