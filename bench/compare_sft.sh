@@ -26,7 +26,7 @@ grammar="$assets/llama-recipes/llama_recipes/datasets/grammar_dataset"
 instruction="Correct the grammar of this text."
 mkdir -p "$work"
 alpaca="${ALPACA_BIN:-./target/release/alpaca}"
-[ -n "${ALPACA_BIN:-}" ] || cargo build --release -q -p alpaca-cli
+[ -n "${ALPACA_BIN:-}" ] || [ "$sides" = hf ] || cargo build --release -q -p alpaca-cli
 
 peak_mib() { awk -F': ' '/Maximum resident set size/ {printf "%.0f", $2 / 1024}' "$1"; }
 
