@@ -36,9 +36,7 @@ pub fn causal_attention(
     scale: f64,
 ) -> Result<Tensor> {
     const OP: &str = "causal_attention";
-    check_f32_cpu(OP, "q", q)?;
-    check_f32_cpu(OP, "k", k)?;
-    check_f32_cpu(OP, "v", v)?;
+    check_operands(OP, q, k, v)?;
     let dims4 = |t: &Tensor, what: &str| {
         t.dims4().map_err(|_| {
             candle_core::Error::Msg(format!(
@@ -49,13 +47,6 @@ pub fn causal_attention(
     };
     let (b, hq, tq, d) = dims4(q, "q")?;
     let (kb, hkv, tk, kd) = dims4(k, "k")?;
-    if v.dims() != k.dims() {
-        bail!(
-            "{OP}: v must have k's shape {:?}, got {:?}",
-            k.shape(),
-            v.shape()
-        )
-    }
     if kb != b || kd != d {
         bail!(
             "{OP}: k {:?} must match q {:?} in batch and head_dim",
@@ -63,9 +54,7 @@ pub fn causal_attention(
             q.shape()
         )
     }
-    if hkv == 0 || !hq.is_multiple_of(hkv) {
-        bail!("{OP}: query heads {hq} must be a multiple of key/value heads {hkv}")
-    }
+    check_head_groups(OP, hq, hkv)?;
     if tq > tk {
         bail!("{OP}: more queries ({tq}) than keys ({tk}); queries are the last Tq positions")
     }
@@ -78,6 +67,29 @@ pub fn causal_attention(
             scale: scale as f32,
         },
     )
+}
+
+/// q, k and v are f32 on the CPU, and v has k's shape.
+pub(crate) fn check_operands(op: &str, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<()> {
+    check_f32_cpu(op, "q", q)?;
+    check_f32_cpu(op, "k", k)?;
+    check_f32_cpu(op, "v", v)?;
+    if v.dims() != k.dims() {
+        bail!(
+            "{op}: v must have k's shape {:?}, got {:?}",
+            k.shape(),
+            v.shape()
+        )
+    }
+    Ok(())
+}
+
+/// Query heads come in whole groups per key/value head.
+pub(crate) fn check_head_groups(op: &str, hq: usize, hkv: usize) -> Result<()> {
+    if hkv == 0 || !hq.is_multiple_of(hkv) {
+        bail!("{op}: query heads {hq} must be a multiple of key/value heads {hkv}")
+    }
+    Ok(())
 }
 
 /// The key padding mask [B, Tk] as data, checked.
@@ -112,6 +124,8 @@ pub(crate) struct Dims {
     pub(crate) tq: usize,
     pub(crate) tk: usize,
     pub(crate) d: usize,
+    /// false: every query sees every (unpadded) key, as in BERT's encoder.
+    pub(crate) causal: bool,
 }
 
 impl Dims {
@@ -122,6 +136,7 @@ impl Dims {
             d: q[3],
             hkv: k[1],
             tk: k[2],
+            causal: true,
         }
     }
 
@@ -202,7 +217,11 @@ impl Dims {
             Block {
                 i0,
                 rows,
-                keys: (past + i0 + rows).min(self.tk),
+                keys: if self.causal {
+                    (past + i0 + rows).min(self.tk)
+                } else {
+                    self.tk
+                },
             }
         })
     }
@@ -264,7 +283,12 @@ impl CausalAttention {
         let mask = self.mask.as_deref().map(|m| &m[batch * dims.tk..][..keys]);
         let rows = dims.groups() * block.rows;
         for (r, row) in s[..rows * keys].chunks_exact_mut(keys).enumerate() {
-            let last = past + block.i0 + r % block.rows; // last key this query may see
+            // the last key this query may see
+            let last = if dims.causal {
+                past + block.i0 + r % block.rows
+            } else {
+                keys - 1
+            };
             let visible = &mut row[..(last + 1).min(keys)];
             if let Some(mask) = mask {
                 for (x, &m) in visible.iter_mut().zip(mask) {

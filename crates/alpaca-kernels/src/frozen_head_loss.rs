@@ -175,19 +175,9 @@ impl CustomOp1 for FrozenHeadLoss {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::max_difference;
     use crate::{cross_entropy, frozen_linear};
     use candle_core::Var;
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Against frozen_linear + cross_entropy: the loss and the gradient for hidden, over more
     /// rows than one block, with ignored rows, and scaled by an upstream gradient ≠ 1.

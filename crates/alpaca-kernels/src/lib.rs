@@ -23,9 +23,9 @@ pub mod lora_linear;
 pub(crate) mod math;
 pub mod rms_norm;
 pub mod rope;
-pub mod rotary_attention;
 pub mod silu_mul;
 pub mod softmax;
+pub mod token_major_attention;
 pub(crate) mod util;
 
 pub use adamw::{adamw_step, scale_in_place, squared_norm, AdamWParams};
@@ -40,9 +40,9 @@ pub use linear::{linear, linear_no_bias};
 pub use lora_linear::{frozen_linear_with_lora, LoraBranch};
 pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTables};
-pub use rotary_attention::rotary_causal_attention;
 pub use silu_mul::silu_mul;
 pub use softmax::masked_softmax;
+pub use token_major_attention::{bidirectional_attention, rotary_causal_attention};
 
 /// The number format of the large matrix products. Master weights, optimiser state, norms,
 /// softmax and losses stay f32 either way.

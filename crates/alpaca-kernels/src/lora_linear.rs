@@ -243,19 +243,9 @@ impl CustomOp3 for FrozenLinearWithLora {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::max_difference;
     use crate::{dropout, frozen_linear, linear_no_bias};
     use candle_core::{Device, Var};
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// The fused op against the same computation from the separately tested ops: forward and
     /// the gradients of x, A and B, with and without dropout.

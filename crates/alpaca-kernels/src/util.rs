@@ -45,3 +45,13 @@ pub(crate) fn with_f32<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> Result
 pub(crate) fn tensor_from(data: Vec<f32>, shape: impl Into<Shape>) -> Result<Tensor> {
     Tensor::from_vec(data, shape, &Device::Cpu)
 }
+
+/// The largest absolute element-wise difference of two tensors (tests).
+#[cfg(test)]
+pub(crate) fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .and_then(|d| d.abs())
+        .and_then(|d| d.max_all())
+        .and_then(|d| d.to_scalar::<f32>())
+        .expect("tensors of one shape")
+}

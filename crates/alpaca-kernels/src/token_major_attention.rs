@@ -1,14 +1,15 @@
-//! LLaMA's attention between its projections as one op: the rotary embedding of queries and
-//! keys, then causal attention with grouped-query heads and the key padding mask, taking and
-//! returning the projections' own token-major layout [B, T, H·D].
+//! Attention between the projections as one op, taking and returning the projections' own
+//! token-major layout [B, T, H·D]: LLaMA's (rotary embedding of queries and keys, causal,
+//! grouped-query heads) and BERT's (bidirectional), both with the key padding mask.
 //!
-//! Why: composed from candle ops the same work is fourteen graph nodes per layer (per q, k
-//! and v a reshape, a transpose and a copy; two ropes; the attention; a transpose, a copy and
-//! a reshape back), and candle's backward allocates a zeroed gradient and adds into it at
-//! every node: a dozen full-size passes per layer besides the strided copies, which candle
-//! runs on one thread. Here the layout changes are parallel copies into the op's own buffers,
-//! and backward visits one node. The numbers are those of [`crate::rope`] followed by
-//! [`crate::causal_attention`]: the same code runs on the head-major copies.
+//! Why: composed from candle ops the same work is a dozen graph nodes per layer (per q, k and
+//! v a reshape, a transpose and a copy; LLaMA's two ropes; the products and softmax; a
+//! transpose, a copy and a reshape back), and candle's backward allocates a zeroed gradient
+//! and adds into it at every node: a dozen full-size passes per layer besides the strided
+//! copies, which candle runs on one thread. Here the layout changes are parallel copies into
+//! the op's own buffers, and backward visits one node. The numbers are those of
+//! [`crate::rope`] followed by [`crate::causal_attention`]: the same code runs on the
+//! head-major copies.
 //!
 //! Training and scoring only (all T positions at once, offset 0); decoding with a KV cache
 //! keeps the composed ops, whose cache holds rotated keys.
@@ -16,9 +17,9 @@
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::causal_attention::{key_mask, CausalAttention, Dims};
+use crate::causal_attention::{check_head_groups, check_operands, key_mask, CausalAttention, Dims};
 use crate::rope::{Rope, RopeTables};
-use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
+use crate::util::{slice_f32, tensor_from, with_f32};
 
 /// q [B, T, Hq·D], k and v [B, T, Hkv·D] (Hq a multiple of Hkv, D the tables' head size) →
 /// attention output [B, T, Hq·D], with rope applied to q and k at positions 0..T, the
@@ -32,11 +33,52 @@ pub fn rotary_causal_attention(
     mask: Option<&Tensor>,
     scale: f64,
 ) -> Result<Tensor> {
-    const OP: &str = "rotary causal attention";
-    check_f32_cpu(OP, "q", q)?;
-    check_f32_cpu(OP, "k", k)?;
-    check_f32_cpu(OP, "v", v)?;
     let d = tables.head_dim();
+    let t = q.dims().get(1).copied().unwrap_or(0);
+    if t > tables.positions() {
+        bail!(
+            "rotary causal attention: {t} positions exceed the {} of the tables (max_position_embeddings)",
+            tables.positions()
+        )
+    }
+    token_major_attention(q, k, v, d, Some(tables), true, mask, scale)
+}
+
+/// BERT's self-attention: q, k and v [B, T, H·D] with `heads` = H → [B, T, H·D], every query
+/// over every key the padding `mask` [B, T] keeps, scores scaled by `scale`. Differentiable
+/// w.r.t. q, k and v. No dropout on the probabilities: training with attention dropout keeps
+/// the composed ops.
+pub fn bidirectional_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    mask: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    let width = q.dims().last().copied().unwrap_or(0);
+    if heads == 0 || !width.is_multiple_of(heads) {
+        bail!(
+            "bidirectional attention: q {:?} does not split into {heads} heads",
+            q.shape()
+        )
+    }
+    token_major_attention(q, k, v, width / heads, None, false, Some(mask), scale)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn token_major_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    d: usize,
+    rope: Option<&RopeTables>,
+    causal: bool,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    const OP: &str = "attention";
+    check_operands(OP, q, k, v)?;
     let dims3 = |t: &Tensor, what: &str| {
         t.dims3().map_err(|_| {
             candle_core::Error::Msg(format!(
@@ -47,13 +89,6 @@ pub fn rotary_causal_attention(
     };
     let (b, t, q_width) = dims3(q, "q")?;
     let (kb, kt, kv_width) = dims3(k, "k")?;
-    if v.dims() != k.dims() {
-        bail!(
-            "{OP}: v must have k's shape {:?}, got {:?}",
-            k.shape(),
-            v.shape()
-        )
-    }
     if (kb, kt) != (b, t) {
         bail!(
             "{OP}: k {:?} must match q {:?} in batch and length",
@@ -63,21 +98,13 @@ pub fn rotary_causal_attention(
     }
     if !q_width.is_multiple_of(d) || !kv_width.is_multiple_of(d) || kv_width == 0 {
         bail!(
-            "{OP}: q {:?} and k {:?} must be whole heads of the tables' head_dim {d}",
+            "{OP}: q {:?} and k {:?} must be whole heads of head_dim {d}",
             q.shape(),
             k.shape()
         )
     }
     let (hq, hkv) = (q_width / d, kv_width / d);
-    if !hq.is_multiple_of(hkv) {
-        bail!("{OP}: query heads {hq} must be a multiple of key/value heads {hkv}")
-    }
-    if t > tables.positions() {
-        bail!(
-            "{OP}: {t} positions exceed the {} of the tables (max_position_embeddings)",
-            tables.positions()
-        )
-    }
+    check_head_groups(OP, hq, hkv)?;
     let attention = CausalAttention {
         mask: key_mask(OP, mask, b, t)?,
         scale: scale as f32,
@@ -85,80 +112,79 @@ pub fn rotary_causal_attention(
     q.contiguous()?.apply_op3(
         &k.contiguous()?,
         &v.contiguous()?,
-        RotaryAttention {
+        TokenMajorAttention {
             attention,
-            tables: tables.clone(),
+            rope: rope.cloned(),
             dims: Dims {
                 hq,
                 hkv,
                 tq: t,
                 tk: t,
                 d,
+                causal,
             },
         },
     )
 }
 
-struct RotaryAttention {
+struct TokenMajorAttention {
     attention: CausalAttention,
-    tables: RopeTables,
+    /// LLaMA's rotary embedding of q and k, when given.
+    rope: Option<RopeTables>,
     dims: Dims,
+}
+
+/// [O, M, N, D] → [O, N, M, D]: between token-major [batch, T, H, D] and head-major
+/// [batch, H, T, D], either way.
+fn swap_middle(x: &[f32], m: usize, n: usize, d: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; x.len()];
+    out.par_chunks_mut(m * d)
+        .enumerate()
+        .for_each(|(outer_and_j, rows)| {
+            let (outer, j) = (outer_and_j / n, outer_and_j % n);
+            for (i, row) in rows.chunks_exact_mut(d).enumerate() {
+                row.copy_from_slice(&x[((outer * m + i) * n + j) * d..][..d]);
+            }
+        });
+    out
 }
 
 /// [B, T, H, D] → [B, H, T, D], `heads` = H.
 fn to_head_major(x: &[f32], t: usize, heads: usize, d: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(t * d)
-        .enumerate()
-        .for_each(|(batch_head, head_rows)| {
-            let (batch, head) = (batch_head / heads, batch_head % heads);
-            for (position, row) in head_rows.chunks_exact_mut(d).enumerate() {
-                row.copy_from_slice(&x[((batch * t + position) * heads + head) * d..][..d]);
-            }
-        });
-    out
+    swap_middle(x, t, heads, d)
 }
 
 /// [B, H, T, D] → [B, T, H, D], `heads` = H.
 fn to_token_major(x: &[f32], t: usize, heads: usize, d: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(heads * d)
-        .enumerate()
-        .for_each(|(batch_position, token)| {
-            let (batch, position) = (batch_position / t, batch_position % t);
-            for (head, row) in token.chunks_exact_mut(d).enumerate() {
-                row.copy_from_slice(&x[((batch * heads + head) * t + position) * d..][..d]);
-            }
-        });
-    out
+    swap_middle(x, heads, t, d)
 }
 
-impl RotaryAttention {
-    fn rope(&self, inverse: bool) -> Rope {
-        Rope {
-            tables: self.tables.clone(),
+impl TokenMajorAttention {
+    fn rope(&self, inverse: bool) -> Option<Rope> {
+        self.rope.as_ref().map(|tables| Rope {
+            tables: tables.clone(),
             offset: 0,
             inverse,
-        }
+        })
     }
 
-    /// The head-major, rotated q and k and head-major v the attention kernel works on.
+    /// The head-major q, k (rotated, with rope) and v the attention kernel works on.
     fn head_major(&self, q: &[f32], k: &[f32], v: &[f32]) -> [Vec<f32>; 3] {
         let Dims {
             hq, hkv, tq: t, d, ..
         } = self.dims;
-        let rope = self.rope(false);
-        [
-            rope.apply(&to_head_major(q, t, hq, d), t),
-            rope.apply(&to_head_major(k, t, hkv, d), t),
-            to_head_major(v, t, hkv, d),
-        ]
+        let (q, k) = (to_head_major(q, t, hq, d), to_head_major(k, t, hkv, d));
+        let (q, k) = match self.rope(false) {
+            Some(rope) => (rope.apply(&q, t), rope.apply(&k, t)),
+            None => (q, k),
+        };
+        [q, k, to_head_major(v, t, hkv, d)]
     }
 }
 
-impl CustomOp3 for RotaryAttention {
+impl CustomOp3 for TokenMajorAttention {
     fn name(&self) -> &'static str {
-        "alpaca-rotary-causal-attention"
+        "alpaca-token-major-attention"
     }
 
     fn cpu_fwd(
@@ -184,7 +210,7 @@ impl CustomOp3 for RotaryAttention {
         ))
     }
 
-    // backward: q, k, v brought to head-major and rotated again (as in the forward), the
+    // backward: q, k, v brought to head-major (and rotated) again as in the forward, the
     // attention's backward, then dq and dk rotated back (rope's transpose) and all three
     // returned to token-major.
     fn bwd(
@@ -206,10 +232,13 @@ impl CustomOp3 for RotaryAttention {
                         let [q, k, v] = self.head_major(q, k, v);
                         let dout = to_head_major(dout, t, hq, d);
                         let (dq, dk, dv) = self.attention.backward(self.dims, &q, &k, &v, &dout);
-                        let inverse = self.rope(true);
+                        let (dq, dk) = match self.rope(true) {
+                            Some(inverse) => (inverse.apply(&dq, t), inverse.apply(&dk, t)),
+                            None => (dq, dk),
+                        };
                         Ok((
-                            to_token_major(&inverse.apply(&dq, t), t, hq, d),
-                            to_token_major(&inverse.apply(&dk, t), t, hkv, d),
+                            to_token_major(&dq, t, hq, d),
+                            to_token_major(&dk, t, hkv, d),
                             to_token_major(&dv, t, hkv, d),
                         ))
                     })
@@ -227,19 +256,9 @@ impl CustomOp3 for RotaryAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::max_difference;
     use crate::{causal_attention, rope};
     use candle_core::{Device, Var};
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    }
 
     /// Against the composed ops the LLaMA layer used (split heads, rope, causal_attention,
     /// merge heads): output and the gradients of q, k and v, with grouped-query heads and a
@@ -311,6 +330,67 @@ mod tests {
                     > 0.01
             );
         }
+    }
+
+    /// Against BERT's composed attention (split heads, Q Kᵀ, masked_softmax, · V, merge
+    /// heads): output and the gradients of q, k and v, with a padded row.
+    #[test]
+    fn bidirectional_equals_the_composed_bert_attention() {
+        let device = &Device::Cpu;
+        let (b, t, h, d) = (2, 9, 3, 8);
+        let variable =
+            || Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, h * d), device).unwrap()).unwrap();
+        let (q, k, v) = (variable(), variable(), variable());
+        let mut mask = vec![1.0f32; b * t];
+        mask[t + 5..].fill(0.0); // the second row has 5 tokens
+        let mask = Tensor::from_vec(mask, (b, t), device).unwrap();
+        let upstream = Tensor::randn(0f32, 1.0, (b, t, h * d), device).unwrap();
+
+        let fused =
+            bidirectional_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), h, &mask, 0.35)
+                .unwrap();
+        let split = |x: &Tensor| {
+            x.reshape((b, t, h, d))
+                .unwrap()
+                .transpose(1, 2)
+                .unwrap()
+                .contiguous()
+                .unwrap()
+        };
+        let scores = split(q.as_tensor())
+            .matmul(&split(k.as_tensor()).t().unwrap())
+            .unwrap();
+        let probabilities = crate::masked_softmax(&scores, &mask, 0.35).unwrap();
+        let composed = probabilities
+            .matmul(&split(v.as_tensor()))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .reshape((b, t, h * d))
+            .unwrap();
+        assert!(max_difference(&fused, &composed) < 1e-5);
+
+        let gradients = |y: &Tensor| {
+            let g = (y * &upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            [q.as_tensor(), k.as_tensor(), v.as_tensor()].map(|x| g.get(x).unwrap().clone())
+        };
+        for (fused, composed) in gradients(&fused).iter().zip(gradients(&composed).iter()) {
+            assert!(max_difference(fused, composed) < 1e-4);
+        }
+        assert!(bidirectional_attention(
+            q.as_tensor(),
+            k.as_tensor(),
+            v.as_tensor(),
+            5,
+            &mask,
+            1.0
+        )
+        .is_err());
     }
 
     #[test]
