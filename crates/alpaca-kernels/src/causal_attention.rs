@@ -20,6 +20,7 @@
 
 use std::sync::Arc;
 
+use crate::dropout::Dropout;
 use crate::math;
 use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
@@ -65,6 +66,7 @@ pub fn causal_attention(
         CausalAttention {
             mask,
             scale: scale as f32,
+            dropout: None,
         },
     )
 }
@@ -114,6 +116,8 @@ pub(crate) struct CausalAttention {
     /// [B, Tk], 1 = attend
     pub(crate) mask: Option<Arc<Vec<f32>>>,
     pub(crate) scale: f32,
+    /// Dropout on the probabilities (BERT's attention_probs_dropout_prob when training).
+    pub(crate) dropout: Option<Dropout>,
 }
 
 /// Sizes of one call.
@@ -365,6 +369,7 @@ impl CausalAttention {
                 for block in dims.blocks() {
                     gather(dims, block, q_group, &mut scratch.q);
                     self.probabilities(dims, batch, block, &scratch.q, k_head, &mut scratch.p);
+                    self.drop_probabilities(dims, task, block, &mut scratch.p);
                     gemm_block(
                         (groups * block.rows, d, block.keys),
                         &mut scratch.o,
@@ -404,12 +409,11 @@ impl CausalAttention {
             .zip(dv.par_chunks_mut(tk * d))
             .enumerate()
             .for_each(|(task, ((dq_group, dk_head), dv_head))| {
-                let batch = task / dims.hkv;
                 let mut scratch = Scratch::new(dims, true);
                 for block in dims.blocks() {
                     self.backward_block(
                         dims,
-                        batch,
+                        task,
                         block,
                         &mut scratch,
                         (
@@ -488,12 +492,36 @@ impl CustomOp3 for CausalAttention {
 }
 
 impl CausalAttention {
-    /// The backward of one block of query positions of one group (see `bwd`).
+    /// Attention dropout, in place, on one block's stacked probabilities (or their gradient)
+    /// `p` [G·rows, keys] of group `task` (batch · Hkv + kv head): element (head, i, j) keeps
+    /// the mask of its index in a contiguous [B, Hq, Tq, Tk] tensor, as `dropout` over the
+    /// composed probabilities would.
+    fn drop_probabilities(&self, dims: Dims, task: usize, block: Block, p: &mut [f32]) {
+        let Some(dropout) = &self.dropout else {
+            return;
+        };
+        let keys = block.keys;
+        let (batch, kv_head) = (task / dims.hkv, task % dims.hkv);
+        let rows = dims.groups() * block.rows;
+        math::simd(
+            #[inline(always)]
+            || {
+                for (r, row) in p[..rows * keys].chunks_exact_mut(keys).enumerate() {
+                    let head = kv_head * dims.groups() + r / block.rows;
+                    let query = block.i0 + r % block.rows;
+                    dropout.scale_kept(((batch * dims.hq + head) * dims.tq + query) * dims.tk, row);
+                }
+            },
+        );
+    }
+
+    /// The backward of one block of query positions of one group (see `bwd`); with dropout
+    /// P_d = dropout(P) is what multiplied V: dV from P_d, and dP = dropout(dP_d).
     #[allow(clippy::type_complexity)]
     fn backward_block(
         &self,
         dims: Dims,
-        batch: usize,
+        task: usize,
         block: Block,
         scratch: &mut Scratch,
         (q_group, k_head, v_head, do_group): (&[f32], &[f32], &[f32], &[f32]),
@@ -510,7 +538,7 @@ impl CausalAttention {
         } = scratch;
         gather(dims, block, q_group, q);
         gather(dims, block, do_group, dout);
-        self.probabilities(dims, batch, block, q, k_head, p);
+        self.probabilities(dims, task / dims.hkv, block, q, k_head, p);
         // dP = dO Vᵀ  [rows, keys]
         gemm_block(
             (rows, keys, d),
@@ -523,6 +551,7 @@ impl CausalAttention {
             v_head,
             (1, d),
         );
+        self.drop_probabilities(dims, task, block, ds);
         // dS = scale · P ∘ (dP − Σ_j P dP), in place of dP
         let scale = self.scale;
         math::simd(
@@ -564,7 +593,8 @@ impl CausalAttention {
             q,
             (d, 1),
         );
-        // dV[..keys] += Pᵀ dO  [keys, d]
+        // dV[..keys] += P_dᵀ dO  [keys, d]  (P is not needed after dS)
+        self.drop_probabilities(dims, task, block, p);
         gemm_block(
             (keys, d, rows),
             dv_head,

@@ -49,9 +49,7 @@ impl Dropout {
     #[inline(always)]
     fn apply<const ACCUMULATE: bool>(&self, start: usize, src: &[f32], dst: &mut [f32]) {
         for (i, (o, &v)) in dst.iter_mut().zip(src).enumerate() {
-            let idx = (start + i) as u64;
-            let u = (mix(self.key.wrapping_add(idx.wrapping_mul(GOLDEN))) >> 40) as u32;
-            let kept = if u >= self.threshold {
+            let kept = if self.keeps(start + i) {
                 v * self.scale
             } else {
                 0.0
@@ -61,6 +59,26 @@ impl Dropout {
             } else {
                 *o = kept;
             }
+        }
+    }
+
+    /// Whether the element of index `index` is kept.
+    #[inline(always)]
+    fn keeps(&self, index: usize) -> bool {
+        let u = (mix(self.key.wrapping_add((index as u64).wrapping_mul(GOLDEN))) >> 40) as u32;
+        u >= self.threshold
+    }
+
+    /// values = values · mask · scale in place, element i having index `start + i` (the
+    /// caller vectorises, e.g. under `math::simd`).
+    #[inline(always)]
+    pub(crate) fn scale_kept(&self, start: usize, values: &mut [f32]) {
+        for (i, v) in values.iter_mut().enumerate() {
+            *v = if self.keeps(start + i) {
+                *v * self.scale
+            } else {
+                0.0
+            };
         }
     }
 

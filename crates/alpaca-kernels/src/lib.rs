@@ -42,7 +42,9 @@ pub use rms_norm::rms_norm;
 pub use rope::{rope, RopeTables};
 pub use silu_mul::silu_mul;
 pub use softmax::masked_softmax;
-pub use token_major_attention::{bidirectional_attention, rotary_causal_attention};
+pub use token_major_attention::{
+    bidirectional_attention, rotary_causal_attention, AttentionDropout,
+};
 
 /// The number format of the large matrix products. Master weights, optimiser state, norms,
 /// softmax and losses stay f32 either way.

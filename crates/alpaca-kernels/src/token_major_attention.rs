@@ -18,6 +18,7 @@ use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::causal_attention::{check_head_groups, check_operands, key_mask, CausalAttention, Dims};
+use crate::dropout::Dropout;
 use crate::rope::{Rope, RopeTables};
 use crate::util::{slice_f32, tensor_from, with_f32};
 
@@ -41,13 +42,29 @@ pub fn rotary_causal_attention(
             tables.positions()
         )
     }
-    token_major_attention(q, k, v, d, Some(tables), true, mask, scale)
+    let attention = Attention {
+        d,
+        rope: Some(tables),
+        causal: true,
+        mask,
+        scale,
+        dropout: None,
+    };
+    token_major_attention(q, k, v, attention)
+}
+
+/// Dropout on attention probabilities: each element kept with probability 1 − `probability`
+/// (and scaled by 1/(1 − p)), its mask a function of `seed` and its place in [B, H, T, T].
+#[derive(Debug, Clone, Copy)]
+pub struct AttentionDropout {
+    pub probability: f32,
+    pub seed: u64,
 }
 
 /// BERT's self-attention: q, k and v [B, T, H·D] with `heads` = H → [B, T, H·D], every query
-/// over every key the padding `mask` [B, T] keeps, scores scaled by `scale`. Differentiable
-/// w.r.t. q, k and v. No dropout on the probabilities: training with attention dropout keeps
-/// the composed ops.
+/// over every key the padding `mask` [B, T] keeps, scores scaled by `scale`, and when
+/// training `dropout` on the probabilities (the masks `dropout` would draw over the
+/// [B, H, T, T] probabilities with the same seed). Differentiable w.r.t. q, k and v.
 pub fn bidirectional_attention(
     q: &Tensor,
     k: &Tensor,
@@ -55,6 +72,7 @@ pub fn bidirectional_attention(
     heads: usize,
     mask: &Tensor,
     scale: f64,
+    dropout: Option<AttentionDropout>,
 ) -> Result<Tensor> {
     let width = q.dims().last().copied().unwrap_or(0);
     if heads == 0 || !width.is_multiple_of(heads) {
@@ -63,20 +81,52 @@ pub fn bidirectional_attention(
             q.shape()
         )
     }
-    token_major_attention(q, k, v, width / heads, None, false, Some(mask), scale)
+    let dropout = match dropout {
+        Some(d) if !(0.0..1.0).contains(&d.probability) => {
+            bail!(
+                "bidirectional attention: dropout {} is not in [0, 1)",
+                d.probability
+            )
+        }
+        Some(d) if d.probability > 0.0 => Some(Dropout::new(d.probability, d.seed)),
+        _ => None,
+    };
+    let attention = Attention {
+        d: width / heads,
+        rope: None,
+        causal: false,
+        mask: Some(mask),
+        scale,
+        dropout,
+    };
+    token_major_attention(q, k, v, attention)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What a token-major attention call computes, besides its operands.
+struct Attention<'a> {
+    /// head size
+    d: usize,
+    rope: Option<&'a RopeTables>,
+    causal: bool,
+    mask: Option<&'a Tensor>,
+    scale: f64,
+    dropout: Option<Dropout>,
+}
+
 fn token_major_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
-    d: usize,
-    rope: Option<&RopeTables>,
-    causal: bool,
-    mask: Option<&Tensor>,
-    scale: f64,
+    attention: Attention,
 ) -> Result<Tensor> {
+    let Attention {
+        d,
+        rope,
+        causal,
+        mask,
+        scale,
+        dropout,
+    } = attention;
     const OP: &str = "attention";
     check_operands(OP, q, k, v)?;
     let dims3 = |t: &Tensor, what: &str| {
@@ -108,6 +158,7 @@ fn token_major_attention(
     let attention = CausalAttention {
         mask: key_mask(OP, mask, b, t)?,
         scale: scale as f32,
+        dropout,
     };
     q.contiguous()?.apply_op3(
         &k.contiguous()?,
@@ -332,65 +383,91 @@ mod tests {
         }
     }
 
-    /// Against BERT's composed attention (split heads, Q Kᵀ, masked_softmax, · V, merge
-    /// heads): output and the gradients of q, k and v, with a padded row.
+    /// Against BERT's composed attention (split heads, Q Kᵀ, masked_softmax, dropout, · V,
+    /// merge heads): output and the gradients of q, k and v, with a padded row, without and
+    /// with dropout on the probabilities (the same masks from the same seed).
     #[test]
     fn bidirectional_equals_the_composed_bert_attention() {
-        let device = &Device::Cpu;
-        let (b, t, h, d) = (2, 9, 3, 8);
-        let variable =
-            || Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, h * d), device).unwrap()).unwrap();
-        let (q, k, v) = (variable(), variable(), variable());
-        let mut mask = vec![1.0f32; b * t];
-        mask[t + 5..].fill(0.0); // the second row has 5 tokens
-        let mask = Tensor::from_vec(mask, (b, t), device).unwrap();
-        let upstream = Tensor::randn(0f32, 1.0, (b, t, h * d), device).unwrap();
+        for probability in [0.0f32, 0.25] {
+            let device = &Device::Cpu;
+            let (b, t, h, d) = (2, 9, 3, 8);
+            let variable = || {
+                Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, t, h * d), device).unwrap()).unwrap()
+            };
+            let (q, k, v) = (variable(), variable(), variable());
+            let mut mask = vec![1.0f32; b * t];
+            mask[t + 5..].fill(0.0); // the second row has 5 tokens
+            let mask = Tensor::from_vec(mask, (b, t), device).unwrap();
+            let upstream = Tensor::randn(0f32, 1.0, (b, t, h * d), device).unwrap();
+            let dropout = AttentionDropout {
+                probability,
+                seed: 99,
+            };
 
-        let fused =
-            bidirectional_attention(q.as_tensor(), k.as_tensor(), v.as_tensor(), h, &mask, 0.35)
+            let fused = bidirectional_attention(
+                q.as_tensor(),
+                k.as_tensor(),
+                v.as_tensor(),
+                h,
+                &mask,
+                0.35,
+                Some(dropout),
+            )
+            .unwrap();
+            let split = |x: &Tensor| {
+                x.reshape((b, t, h, d))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap()
+            };
+            let scores = split(q.as_tensor())
+                .matmul(&split(k.as_tensor()).t().unwrap())
                 .unwrap();
-        let split = |x: &Tensor| {
-            x.reshape((b, t, h, d))
+            let probabilities = crate::masked_softmax(&scores, &mask, 0.35).unwrap();
+            let probabilities = crate::dropout(&probabilities, probability, dropout.seed).unwrap();
+            let composed = probabilities
+                .matmul(&split(v.as_tensor()))
                 .unwrap()
                 .transpose(1, 2)
                 .unwrap()
-                .contiguous()
-                .unwrap()
-        };
-        let scores = split(q.as_tensor())
-            .matmul(&split(k.as_tensor()).t().unwrap())
-            .unwrap();
-        let probabilities = crate::masked_softmax(&scores, &mask, 0.35).unwrap();
-        let composed = probabilities
-            .matmul(&split(v.as_tensor()))
-            .unwrap()
-            .transpose(1, 2)
-            .unwrap()
-            .reshape((b, t, h * d))
-            .unwrap();
-        assert!(max_difference(&fused, &composed) < 1e-5);
-
-        let gradients = |y: &Tensor| {
-            let g = (y * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
+                .reshape((b, t, h * d))
                 .unwrap();
-            [q.as_tensor(), k.as_tensor(), v.as_tensor()].map(|x| g.get(x).unwrap().clone())
-        };
-        for (fused, composed) in gradients(&fused).iter().zip(gradients(&composed).iter()) {
-            assert!(max_difference(fused, composed) < 1e-4);
+            assert!(max_difference(&fused, &composed) < 1e-5, "p {probability}");
+
+            let gradients = |y: &Tensor| {
+                let g = (y * &upstream)
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .backward()
+                    .unwrap();
+                [q.as_tensor(), k.as_tensor(), v.as_tensor()].map(|x| g.get(x).unwrap().clone())
+            };
+            for (fused, composed) in gradients(&fused).iter().zip(gradients(&composed).iter()) {
+                assert!(max_difference(fused, composed) < 1e-4, "p {probability}");
+            }
         }
-        assert!(bidirectional_attention(
-            q.as_tensor(),
-            k.as_tensor(),
-            v.as_tensor(),
-            5,
-            &mask,
-            1.0
-        )
-        .is_err());
+    }
+
+    #[test]
+    fn bidirectional_refuses_bad_heads_and_dropout() {
+        let device = &Device::Cpu;
+        let x = Tensor::zeros((1, 3, 12), candle_core::DType::F32, device).unwrap();
+        let mask = Tensor::ones((1, 3), candle_core::DType::F32, device).unwrap();
+        let error = bidirectional_attention(&x, &x, &x, 5, &mask, 1.0, None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("does not split into 5 heads"), "{error}");
+        let dropout = AttentionDropout {
+            probability: 1.0,
+            seed: 0,
+        };
+        let error = bidirectional_attention(&x, &x, &x, 3, &mask, 1.0, Some(dropout))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not in [0, 1)"), "{error}");
     }
 
     #[test]

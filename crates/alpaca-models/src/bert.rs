@@ -282,7 +282,6 @@ impl BertModel {
         site: u64,
     ) -> Result<Tensor> {
         let config = &self.config;
-        let (batch, length, hidden) = x.dims3()?;
         let heads = config.num_attention_heads;
         let head_size = config.head_size();
         let attention = &layer.attention;
@@ -290,37 +289,22 @@ impl BertModel {
         let key = attention.key.forward(x)?;
         let value = attention.value.forward(x)?;
         let scale = 1.0 / (head_size as f64).sqrt();
-        let probabilities_dropout = config.attention_probs_dropout_prob;
-        // context [b, t, H]
-        let context = if !mode.train || probabilities_dropout <= 0.0 {
-            // One op on the projections' layout (no dropout on the probabilities).
-            alpaca_kernels::bidirectional_attention(
-                &query,
-                &key,
-                &value,
-                heads,
-                attention_mask,
-                scale,
-            )?
-        } else {
-            // [b, t, H] → [b, h, t, d]
-            let split_heads = |y: Tensor| -> Result<Tensor> {
-                Ok(y.reshape((batch, length, heads, head_size))?
-                    .transpose(1, 2)?
-                    .contiguous()?)
-            };
-            let (query, key, value) = (split_heads(query)?, split_heads(key)?, split_heads(value)?);
-            // scores [b, h, t, t]; the padding mask and 1/√d scaling are fused into the softmax.
-            let scores = query.matmul(&key.t()?)?;
-            let probabilities = alpaca_kernels::masked_softmax(&scores, attention_mask, scale)?;
-            let probabilities = dropout(&probabilities, probabilities_dropout, mode, site)?;
-            // [b, h, t, d] → [b, t, H]
-            probabilities
-                .matmul(&value)?
-                .transpose(1, 2)?
-                .contiguous()?
-                .reshape((batch, length, hidden))?
-        };
+        let probability = config.attention_probs_dropout_prob;
+        let probabilities_dropout =
+            (mode.train && probability > 0.0).then(|| alpaca_kernels::AttentionDropout {
+                probability: probability as f32,
+                seed: mode.site_seed(site),
+            });
+        // context [b, t, H]: one op on the projections' layout (docs/engine.md)
+        let context = alpaca_kernels::bidirectional_attention(
+            &query,
+            &key,
+            &value,
+            heads,
+            attention_mask,
+            scale,
+            probabilities_dropout,
+        )?;
         let attended = attention.output.forward(&context)?;
         let attended = dropout(&attended, config.hidden_dropout_prob, mode, site + 1)?;
         let x = attention.layer_norm.forward(&(attended + x)?)?;
