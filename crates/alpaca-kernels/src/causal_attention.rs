@@ -17,6 +17,10 @@
 //! dV), dK and dV summed over the G heads inside the gemm. Blocks skip the keys above the
 //! diagonal, so about half of the dense Tq·Tk work is done. Parallel over (batch, kv head);
 //! scratch buffers per task, none per row. Cost: O(B · Hq · Tq · Tk · D).
+//!
+//! The same kernel serves BERT through [`crate::bidirectional_attention`]: a non-causal mode
+//! (every unpadded key) and dropout on the probabilities (P_d = dropout(P) multiplies V; the
+//! backward takes dV from P_d and dP = dropout(dP_d), masks recomputed from their index).
 
 use std::sync::Arc;
 
