@@ -27,11 +27,10 @@ fn load_with_adapter(
     if let Some(adapter) = adapter {
         alpaca_models::lora::load_adapter(&mut model, adapter)?;
     }
-    if precision == Precision::Bf16 {
-        // Generation trains nothing: every base weight is frozen and packed once.
-        model.freeze();
-        model.pack_frozen_bf16()?;
-    }
+    // Generation trains nothing: every base weight is frozen and prepared once (in bf16,
+    // packed), and adapters run fused with their base.
+    model.freeze();
+    model.pack_frozen(precision)?;
     Ok((model, tokenizer))
 }
 

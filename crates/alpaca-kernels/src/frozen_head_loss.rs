@@ -107,7 +107,7 @@ impl CustomOp1 for FrozenHeadLoss {
             let rows = targets.len();
             let logits = &mut logits[..rows * vocab];
             self.weight
-                .forward_into(&hidden[first * size..(first + rows) * size], logits);
+                .forward_into(&hidden[first * size..(first + rows) * size], logits)?;
             // Each row's loss term; with the gradient, the row becomes (softmax − onehot) / M.
             total += logits
                 .par_chunks_mut(vocab)
@@ -176,19 +176,25 @@ impl CustomOp1 for FrozenHeadLoss {
 mod tests {
     use super::*;
     use crate::util::max_difference;
-    use crate::{cross_entropy, frozen_linear};
+    use crate::{cross_entropy, frozen_linear, Precision};
     use candle_core::Var;
 
     /// Against frozen_linear + cross_entropy: the loss and the gradient for hidden, over more
     /// rows than one block, with ignored rows, and scaled by an upstream gradient ≠ 1.
     #[test]
     fn equals_the_composed_ops() {
+        for precision in [Precision::Bf16, Precision::Fp32] {
+            equals_the_composed_ops_in(precision);
+        }
+    }
+
+    fn equals_the_composed_ops_in(precision: Precision) {
         let device = &Device::Cpu;
         let rows = BLOCK_ROWS + 37;
         let hidden =
             Var::from_tensor(&Tensor::randn(0f32, 1.0, (rows, 48), device).unwrap()).unwrap();
         let weight = Tensor::randn(0f32, 0.5, (300, 48), device).unwrap();
-        let packed = FrozenWeight::pack(&weight).unwrap();
+        let packed = FrozenWeight::new(&weight, precision).unwrap();
         let targets: Vec<i64> = (0..rows as i64)
             .map(|i| if i % 7 == 3 { -100 } else { (i * 37) % 300 })
             .collect();

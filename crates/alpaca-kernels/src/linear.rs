@@ -137,11 +137,11 @@ pub(crate) fn gemm_into(
 /// Up to this many rows, `forward` uses dot products instead of gemm: gemm packs the whole
 /// weight matrix on every call, which for a single short sentence (prediction at batch 1)
 /// costs as much as the multiplication itself.
-const SMALL_ROWS: usize = 32;
+pub(crate) const SMALL_ROWS: usize = 32;
 
 /// y [N, out] = x [N, in] · Wᵀ (+ b), one dot product per (row, output), parallel over blocks
 /// of outputs so each weight row is read once for all N input rows.
-fn forward_small(
+pub(crate) fn forward_small(
     x: &[f32],
     weight: &[f32],
     bias: Option<&[f32]>,

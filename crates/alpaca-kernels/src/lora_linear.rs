@@ -124,7 +124,7 @@ impl CustomOp3 for FrozenLinearWithLora {
         let r = a_layout.shape().dims2()?.0;
         let rows = x.len() / in_features;
         let mut y = vec![0.0f32; rows * out_features];
-        self.weight.forward_into(x, &mut y);
+        self.weight.forward_into(x, &mut y)?;
         let dropped = self.dropped(x);
         let low = low_rank(dropped.as_deref().unwrap_or(x), a, r, in_features);
         // y += s · low Bᵀ
@@ -244,14 +244,18 @@ impl CustomOp3 for FrozenLinearWithLora {
 mod tests {
     use super::*;
     use crate::util::max_difference;
-    use crate::{dropout, frozen_linear, linear_no_bias};
+    use crate::{dropout, frozen_linear, linear_no_bias, Precision};
     use candle_core::{Device, Var};
 
     /// The fused op against the same computation from the separately tested ops: forward and
-    /// the gradients of x, A and B, with and without dropout.
+    /// the gradients of x, A and B, with and without dropout, over a bf16 and an f32 base.
     #[test]
     fn equals_the_composed_ops() {
-        for probability in [0.0f32, 0.3] {
+        for (probability, precision) in [
+            (0.0f32, Precision::Bf16),
+            (0.3, Precision::Bf16),
+            (0.3, Precision::Fp32),
+        ] {
             let device = &Device::Cpu;
             let x =
                 Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 9, 40), device).unwrap()).unwrap();
@@ -259,7 +263,7 @@ mod tests {
             let b = Var::from_tensor(&Tensor::randn(0f32, 0.3, (24, 4), device).unwrap()).unwrap();
             let w = Tensor::randn(0f32, 0.2, (24, 40), device).unwrap();
             let upstream = Tensor::randn(0f32, 1.0, (2, 9, 24), device).unwrap();
-            let packed = FrozenWeight::pack(&w).unwrap();
+            let packed = FrozenWeight::new(&w, precision).unwrap();
             let branch = LoraBranch {
                 scaling: 2.0,
                 dropout: probability,

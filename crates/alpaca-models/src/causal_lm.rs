@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use alpaca_kernels::FrozenWeight;
+use alpaca_kernels::{FrozenWeight, Precision};
 
 use candle_core::{Tensor, Var};
 use serde_json::{json, Value};
@@ -33,8 +33,8 @@ pub struct LlamaForCausalLM {
     config_json: Value,
     /// The head takes no gradient (LoRA).
     frozen: bool,
-    /// The frozen head in bf16 (see [`LlamaForCausalLM::pack_frozen_bf16`]).
-    head_bf16: Option<Arc<FrozenWeight>>,
+    /// The frozen head prepared for its products (see [`LlamaForCausalLM::pack_frozen`]).
+    head_frozen: Option<Arc<FrozenWeight>>,
 }
 
 impl LlamaForCausalLM {
@@ -86,7 +86,7 @@ impl LlamaForCausalLM {
                 parameters,
                 config_json,
                 frozen: false,
-                head_bf16: None,
+                head_frozen: None,
             },
             report,
         ))
@@ -126,7 +126,7 @@ impl LlamaForCausalLM {
 
     /// hidden [.., H] → [.., vocab]
     fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        if let Some(packed) = &self.head_bf16 {
+        if let Some(packed) = &self.head_frozen {
             return Ok(alpaca_kernels::frozen_linear(hidden, packed)?);
         }
         let head = if self.frozen {
@@ -143,15 +143,15 @@ impl LlamaForCausalLM {
         self.model.freeze();
     }
 
-    /// Runs the products of every frozen weight (the base projections and the output head
-    /// under LoRA) in bf16, packed once; see [`LlamaModel::pack_frozen_bf16`]. Returns the
-    /// bytes the packed copies hold.
-    pub fn pack_frozen_bf16(&mut self) -> Result<usize> {
-        let mut bytes = self.model.pack_frozen_bf16()?;
+    /// Prepares every frozen weight (the base projections and the output head under LoRA)
+    /// for its products in `precision`; see [`LlamaModel::pack_frozen`]. Returns the bytes
+    /// the packed copies hold.
+    pub fn pack_frozen(&mut self, precision: Precision) -> Result<usize> {
+        let mut bytes = self.model.pack_frozen(precision)?;
         if self.frozen {
-            let packed = FrozenWeight::pack(self.lm_head.as_tensor())?;
+            let packed = FrozenWeight::new(self.lm_head.as_tensor(), precision)?;
             bytes += packed.size_in_bytes();
-            self.head_bf16 = Some(packed);
+            self.head_frozen = Some(packed);
         }
         Ok(bytes)
     }
@@ -163,11 +163,11 @@ impl LlamaForCausalLM {
     }
 
     /// Mean cross-entropy of the logits of `hidden` [P, H] against `targets` [P] (rows whose
-    /// target is [`IGNORE_INDEX`] skipped). With a frozen head packed in bf16 (LoRA) this is one
+    /// target is [`IGNORE_INDEX`] skipped). With a frozen head (LoRA, after `pack_frozen`) this is one
     /// op that never holds the [P, vocab] logits and, when training, forms the gradient for
     /// `hidden` as it goes; otherwise the logits, then the loss.
     pub fn head_loss(&self, hidden: &Tensor, targets: &Tensor, mode: Mode) -> Result<Tensor> {
-        if let Some(packed) = &self.head_bf16 {
+        if let Some(packed) = &self.head_frozen {
             return Ok(alpaca_kernels::frozen_head_cross_entropy(
                 hidden,
                 packed,

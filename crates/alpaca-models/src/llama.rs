@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use alpaca_kernels::FrozenWeight;
+use alpaca_kernels::{FrozenWeight, Precision};
 use candle_core::{Tensor, Var};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -235,9 +235,10 @@ pub struct Projection {
     pub adapter: Option<Box<dyn ProjectionAdapter>>,
     /// The base weight takes no gradient (see [`LlamaModel::freeze`]).
     pub frozen: bool,
-    /// The frozen weight in bf16, when the products run in bf16 (see
-    /// [`LlamaModel::pack_frozen_bf16`]); it replaces `linear.weight` in forward.
-    pub bf16: Option<Arc<FrozenWeight>>,
+    /// The frozen weight prepared for its products (bf16 panels or the f32 weight, see
+    /// [`LlamaModel::pack_frozen`]); it replaces `linear.weight` in forward, and lets an
+    /// adapter run fused with it.
+    pub frozen_weight: Option<Arc<FrozenWeight>>,
 }
 
 impl Projection {
@@ -258,7 +259,7 @@ impl Projection {
             linear: Linear { weight, bias: None },
             adapter: None,
             frozen: false,
-            bf16: None,
+            frozen_weight: None,
         })
     }
 
@@ -269,12 +270,12 @@ impl Projection {
 
     /// x [.., in] → [.., out]
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
-        if let (Some(packed), Some(adapter)) = (&self.bf16, &self.adapter) {
+        if let (Some(packed), Some(adapter)) = (&self.frozen_weight, &self.adapter) {
             if let Some(fused) = adapter.forward_fused(x, packed, mode) {
                 return fused;
             }
         }
-        let base = match &self.bf16 {
+        let base = match &self.frozen_weight {
             Some(packed) => alpaca_kernels::frozen_linear(x, packed)?,
             None => alpaca_kernels::linear_no_bias(x, &live(&self.linear.weight, self.frozen))?,
         };
@@ -552,17 +553,18 @@ impl LlamaModel {
         }
     }
 
-    /// Converts every frozen projection's weight to bf16 for its products (forward and input
-    /// gradient), packed once: LoRA's base then runs at the bf16 rate. Returns the bytes the
-    /// packed copies hold. Call after [`freeze`](Self::freeze); a weight changed afterwards
-    /// must be packed again.
-    pub fn pack_frozen_bf16(&mut self) -> Result<usize> {
+    /// Prepares every frozen projection's weight for its products (forward and input
+    /// gradient) in `precision`: in bf16 converted and packed once, so LoRA's base runs at the
+    /// bf16 rate; in either precision the adapters then run fused with their base. Returns the
+    /// bytes the packed copies hold. Call after [`freeze`](Self::freeze); a weight changed
+    /// afterwards must be packed again.
+    pub fn pack_frozen(&mut self, precision: Precision) -> Result<usize> {
         let mut bytes = 0;
         for projection in self.projections_mut() {
             if projection.frozen {
-                let packed = FrozenWeight::pack(projection.linear.weight.as_tensor())?;
+                let packed = FrozenWeight::new(projection.linear.weight.as_tensor(), precision)?;
                 bytes += packed.size_in_bytes();
-                projection.bf16 = Some(packed);
+                projection.frozen_weight = Some(packed);
             }
         }
         Ok(bytes)

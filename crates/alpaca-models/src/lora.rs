@@ -331,7 +331,7 @@ pub fn merge_adapters(model: &mut LlamaForCausalLM) -> Result<()> {
         let merged = (projection.linear.weight.as_tensor() + delta)?;
         projection.linear.weight.set(&merged)?;
         // A bf16 copy of the old weight would hide the merge.
-        projection.bf16 = None;
+        projection.frozen_weight = None;
     }
     Ok(())
 }
@@ -481,7 +481,7 @@ mod tests {
         let f32_logits = logits(&model);
         let f32_gradients = adapter_gradients(&model, &parameters);
 
-        let bytes = model.pack_frozen_bf16().unwrap();
+        let bytes = model.pack_frozen(alpaca_kernels::Precision::Bf16).unwrap();
         assert!(bytes > 0);
         let bf16_logits = logits(&model);
         // bf16 operands (8 significant bits): close to f32, but not equal (the packs are used).
@@ -504,7 +504,10 @@ mod tests {
 
         // Merging changes the base weights: the bf16 copies of the old ones must go.
         merge_adapters(&mut model).unwrap();
-        assert!(model.model.projections_mut().all(|p| p.bf16.is_none()));
+        assert!(model
+            .model
+            .projections_mut()
+            .all(|p| p.frozen_weight.is_none()));
         assert!(max_difference(&f32_logits, &logits(&model)) < 0.02 * largest(&f32_logits));
     }
 

@@ -454,13 +454,16 @@ pub fn train_causal(
     }
     let run_dir = &settings.output;
     let precision = crate::precision::apply(&settings.precision)?;
-    if precision == Precision::Bf16 && matches!(trainable, Trainable::Lora(..)) {
-        // The frozen base converts once instead of at every product.
-        let bytes = model.pack_frozen_bf16()?;
-        eprintln!(
-            "alpaca: frozen weights packed in bf16 for their products ({:.0} MiB)",
-            bytes as f64 / (1 << 20) as f64
-        );
+    if matches!(trainable, Trainable::Lora(..)) {
+        // The adapters run fused with their frozen base; in bf16 the base converts once
+        // instead of at every product.
+        let bytes = model.pack_frozen(precision)?;
+        if precision == Precision::Bf16 {
+            eprintln!(
+                "alpaca: frozen weights packed in bf16 for their products ({:.0} MiB)",
+                bytes as f64 / (1 << 20) as f64
+            );
+        }
     }
     let parameters = match trainable {
         Trainable::Full => model.parameters.clone(),

@@ -10,7 +10,6 @@ use std::path::Path;
 
 use alpaca_data::instructions::{read_instructions, Conversation, CsvLayout, Role, Skipped};
 use alpaca_data::prompt::{format_conversation, tokenize_pieces, SpecialTokens, Template};
-use alpaca_kernels::Precision;
 use alpaca_models::lora::{attach_lora, load_adapter};
 use alpaca_models::{LlamaForCausalLM, ModelDir};
 use anyhow::{bail, Context, Result};
@@ -403,9 +402,7 @@ pub fn train(config: &InstructConfig) -> Result<InstructReport> {
             let mut tuned = setup.load_model()?;
             load_adapter(&mut tuned, &best)?;
             // Scored with the products the run trained and evaluated with.
-            if alpaca_kernels::linear::precision() == Precision::Bf16 {
-                tuned.pack_frozen_bf16()?;
-            }
+            tuned.pack_frozen(alpaca_kernels::linear::precision())?;
             tuned
         }
     };
