@@ -89,7 +89,7 @@ fn train_then_generate_with_the_adapter_then_merge() {
     let data = write_pairs(root);
     let run_dir = root.join("run");
     let path = |p: &Path| p.to_str().unwrap().to_string();
-    let stdout = succeeds(&[
+    let output = run(&[
         "train",
         "instruct",
         "--model",
@@ -109,7 +109,15 @@ fn train_then_generate_with_the_adapter_then_merge() {
         "--output",
         &path(&run_dir),
     ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+    );
+    assert!(output.status.success(), "{stderr}");
     assert!(stdout.contains("# Instruction-tuning report"), "{stdout}");
+    // stderr is not a terminal here: progress comes as plain lines, one per logged step.
+    assert!(stderr.contains("epoch 5 step "), "{stderr}");
+    assert!(stderr.contains(" loss "), "{stderr}");
     let adapter = run_dir.join("best");
     assert!(adapter.join("adapter_config.json").is_file());
 

@@ -11,4 +11,4 @@ pub mod progress;
 
 pub use fs::{write_atomic, write_json_atomic};
 pub use metrics::MetricsLog;
-pub use progress::{progress_bar, Throughput};
+pub use progress::{progress_bar, report_without_terminal, Throughput};

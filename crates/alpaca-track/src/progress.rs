@@ -1,5 +1,6 @@
 //! Progress bars for long loops (training epochs, evaluation passes).
 
+use std::io::IsTerminal;
 use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -17,6 +18,15 @@ pub fn progress_bar(length: u64, prefix: &str) -> ProgressBar {
     );
     bar.set_prefix(prefix.to_string());
     bar
+}
+
+/// Writes `line` to stderr when the bars are not drawn (stderr is not a terminal: a log file,
+/// `nohup`, CI), so that such runs still show how training goes, as the bar's message does
+/// on a terminal.
+pub fn report_without_terminal(line: &str) {
+    if !std::io::stderr().is_terminal() {
+        eprintln!("{line}");
+    }
 }
 
 /// Counts tokens over wall time for the tokens/s figure shown on the bar and logged.

@@ -5,7 +5,7 @@
 use std::time::Instant;
 
 use alpaca_models::Mode;
-use alpaca_track::{progress_bar, MetricsLog, Throughput};
+use alpaca_track::{progress_bar, report_without_terminal, MetricsLog, Throughput};
 use anyhow::Result;
 use candle_core::Tensor;
 use serde_json::json;
@@ -96,9 +96,15 @@ pub fn train_epoch(
             if step.is_multiple_of(settings.log_every) || last {
                 let mean = window_loss.0 / window_loss.1.max(1) as f64;
                 let tokens_per_second = throughput.tokens_per_second();
-                bar.set_message(format!(
-                    "loss {mean:.4} lr {learning_rate:.2e} {tokens_per_second:.0} tok/s"
+                let message =
+                    format!("loss {mean:.4} lr {learning_rate:.2e} {tokens_per_second:.0} tok/s");
+                report_without_terminal(&format!(
+                    "epoch {} step {step} (batch {}/{}): {message}",
+                    settings.epoch,
+                    batch_index + 1,
+                    order.len()
                 ));
+                bar.set_message(message);
                 metrics.log(
                     "train",
                     json!({"epoch": settings.epoch, "step": step, "loss": mean, "lr": learning_rate,
