@@ -365,8 +365,8 @@ pub fn self_instruct(args: SelfInstructArgs) -> Result<()> {
         seed: args.seed,
     };
     alpaca_train::threads::set_threads(args.threads);
-    let (model, tokenizer) =
-        load_with_adapter(&args.model, args.adapter.as_deref(), Precision::Fp32)?;
+    let precision = alpaca_train::precision::apply(&args.precision)?;
+    let (model, tokenizer) = load_with_adapter(&args.model, args.adapter.as_deref(), precision)?;
     let mut generator = Generator::new(model, tokenizer);
     let mut request = 0u64;
     let report = alpaca_train::self_instruct::self_instruct(&seeds, &options, |prompt| {

@@ -285,4 +285,20 @@ fn self_instruct_writes_alpaca_json_and_reports() {
         output.to_str().unwrap(),
     ]);
     assert!(error.contains("missing.jsonl"), "{error}");
+
+    // --precision is read (it was once accepted and ignored).
+    let error = fails(&[
+        "self-instruct",
+        "--model",
+        model.to_str().unwrap(),
+        "--seed-tasks",
+        seeds.to_str().unwrap(),
+        "--num",
+        "1",
+        "--precision",
+        "fp16",
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    assert!(error.contains("expected fp32 or bf16"), "{error}");
 }
