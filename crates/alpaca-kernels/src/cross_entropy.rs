@@ -15,28 +15,13 @@ use rayon::prelude::*;
 pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i64) -> Result<Tensor> {
     const OP: &str = "cross_entropy";
     check_f32_cpu(OP, "logits", logits)?;
-    if !matches!(targets.device(), Device::Cpu) {
-        bail!("{OP}: targets must be on the CPU")
-    }
-    if !matches!(targets.dtype(), DType::I64 | DType::U32) {
-        bail!(
-            "{OP}: targets must be i64 or u32 class indices, got {:?}",
-            targets.dtype()
-        )
-    }
     let (n, c) = logits.dims2().map_err(|_| {
         candle_core::Error::Msg(format!(
             "{OP}: logits must be [N, C], got {:?}",
             logits.shape()
         ))
     })?;
-    if targets.dims() != [n] {
-        bail!(
-            "{OP}: targets must be [{n}] for logits {:?}, got {:?}",
-            logits.shape(),
-            targets.shape()
-        )
-    }
+    check_targets(OP, targets, n)?;
     if c == 0 {
         bail!("{OP}: logits have zero classes")
     }
@@ -47,6 +32,41 @@ pub fn cross_entropy(logits: &Tensor, targets: &Tensor, ignore_index: i64) -> Re
 
 struct CrossEntropy {
     ignore_index: i64,
+}
+
+/// Errors unless `targets` is `rows` i64 or u32 class indices on the CPU.
+pub(crate) fn check_targets(op: &str, targets: &Tensor, rows: usize) -> Result<()> {
+    if !matches!(targets.device(), Device::Cpu) {
+        bail!("{op}: targets must be on the CPU")
+    }
+    if !matches!(targets.dtype(), DType::I64 | DType::U32) {
+        bail!(
+            "{op}: targets must be i64 or u32 class indices, got {:?}",
+            targets.dtype()
+        )
+    }
+    if targets.dims() != [rows] {
+        bail!(
+            "{op}: targets must be [{rows}], one per row, got {:?}",
+            targets.shape()
+        )
+    }
+    Ok(())
+}
+
+/// [`class_targets`] of a (checked) targets tensor.
+pub(crate) fn read_targets(
+    op: &str,
+    targets: &Tensor,
+    c: usize,
+    ignore_index: i64,
+) -> Result<Vec<Option<usize>>> {
+    let targets = targets.contiguous()?;
+    let (storage, layout) = targets.storage_and_layout();
+    let candle_core::Storage::Cpu(storage) = &*storage else {
+        bail!("{op}: targets must be on the CPU")
+    };
+    class_targets(op, storage, layout, c, ignore_index)
 }
 
 /// Class indices from i64 or u32 `targets` (`None` = `ignore_index`), each checked against
@@ -153,14 +173,7 @@ impl CustomOp2 for CrossEntropy {
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let name = self.name();
         let c = logits.dims()[1];
-        let targets = {
-            let targets = targets.contiguous()?;
-            let (s, l) = targets.storage_and_layout();
-            let candle_core::Storage::Cpu(cs) = &*s else {
-                bail!("{name}: targets not on the CPU")
-            };
-            self.targets(cs, l, c)?
-        };
+        let targets = read_targets("cross_entropy", targets, c, self.ignore_index)?;
         let count = targets.iter().filter(|t| t.is_some()).count();
         let g = with_f32(name, grad_res, |g| Ok(g.first().copied().unwrap_or(0.0)))?;
         let coef = if count == 0 { 0.0 } else { g / count as f32 };

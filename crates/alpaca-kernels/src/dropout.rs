@@ -62,6 +62,14 @@ impl Dropout {
         }
     }
 
+    /// The dropout of an op's `probability` (which must be in [0, 1)) and `seed`; none at 0.
+    pub(crate) fn active(op: &str, probability: f32, seed: u64) -> Result<Option<Self>> {
+        if !(0.0..1.0).contains(&probability) {
+            bail!("{op}: dropout {probability} is not in [0, 1)")
+        }
+        Ok((probability > 0.0).then(|| Self::new(probability, seed)))
+    }
+
     /// Whether the element of index `index` is kept.
     #[inline(always)]
     fn keeps(&self, index: usize) -> bool {

@@ -15,10 +15,10 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{bail, CpuStorage, CustomOp1, DType, Device, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::cross_entropy::{class_targets, logsumexp};
+use crate::cross_entropy::{check_targets, logsumexp, read_targets};
 use crate::frozen_linear::FrozenWeight;
 use crate::math;
 use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
@@ -53,22 +53,8 @@ pub fn frozen_head_cross_entropy(
             hidden.shape()
         )
     }
-    if !matches!(targets.device(), Device::Cpu)
-        || !matches!(targets.dtype(), DType::I64 | DType::U32)
-    {
-        bail!("{OP}: targets must be i64 or u32 class indices on the CPU")
-    }
-    if targets.dims() != [rows] {
-        bail!("{OP}: targets must be [{rows}], got {:?}", targets.shape())
-    }
-    let targets = {
-        let targets = targets.contiguous()?;
-        let (storage, layout) = targets.storage_and_layout();
-        let candle_core::Storage::Cpu(storage) = &*storage else {
-            bail!("{OP}: targets must be on the CPU")
-        };
-        class_targets(OP, storage, layout, vocab, ignore_index)?
-    };
+    check_targets(OP, targets, rows)?;
+    let targets = read_targets(OP, targets, vocab, ignore_index)?;
     hidden.contiguous()?.apply_op1(FrozenHeadLoss {
         weight: weight.clone(),
         targets,
@@ -177,7 +163,7 @@ mod tests {
     use super::*;
     use crate::util::max_difference;
     use crate::{cross_entropy, frozen_linear, Precision};
-    use candle_core::Var;
+    use candle_core::{Device, Var};
 
     /// Against frozen_linear + cross_entropy: the loss and the gradient for hidden, over more
     /// rows than one block, with ignored rows, and scaled by an upstream gradient ≠ 1.

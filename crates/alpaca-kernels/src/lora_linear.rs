@@ -60,29 +60,29 @@ pub fn frozen_linear_with_lora(
             b.shape()
         )
     }
-    if !(0.0..1.0).contains(&branch.dropout) {
-        bail!("{OP}: dropout {} is not in [0, 1)", branch.dropout)
-    }
+    let dropout = Dropout::active(OP, branch.dropout, branch.seed)?;
     x.contiguous()?.apply_op3(
         &a.contiguous()?,
         &b.contiguous()?,
         FrozenLinearWithLora {
             weight: weight.clone(),
-            branch,
+            scaling: branch.scaling,
+            dropout,
         },
     )
 }
 
 struct FrozenLinearWithLora {
     weight: Arc<FrozenWeight>,
-    branch: LoraBranch,
+    scaling: f32,
+    /// On the adapter's input; none for probability 0 (or evaluation).
+    dropout: Option<Dropout>,
 }
 
 impl FrozenLinearWithLora {
     /// dropout(x), or None when there is no dropout (x itself is the adapter's input).
     fn dropped(&self, x: &[f32]) -> Option<Vec<f32>> {
-        (self.branch.dropout > 0.0)
-            .then(|| Dropout::new(self.branch.dropout, self.branch.seed).run(x))
+        self.dropout.as_ref().map(|dropout| dropout.run(x))
     }
 }
 
@@ -136,7 +136,7 @@ impl CustomOp3 for FrozenLinearWithLora {
             (r, 1),
             b,
             (1, r),
-            self.branch.scaling,
+            self.scaling,
         );
         let mut dims = x_layout.shape().dims().to_vec();
         *dims.last_mut().expect("x has a last dim") = out_features;
@@ -154,7 +154,7 @@ impl CustomOp3 for FrozenLinearWithLora {
         const OP: &str = "frozen linear with LoRA backward";
         let (out_features, in_features) = self.weight.dims();
         let r = a.dims2()?.0;
-        let scaling = self.branch.scaling;
+        let scaling = self.scaling;
         with_f32(OP, x, |xs| {
             with_f32(OP, a, |a_values| {
                 with_f32(OP, b, |b_values| {
@@ -201,18 +201,8 @@ impl CustomOp3 for FrozenLinearWithLora {
                             scaling,
                         );
                         // dx += s · (t A), through the same dropout mask as the forward.
-                        match dropped.as_mut() {
-                            None => gemm_into(
-                                &mut dx,
-                                (rows, in_features, r),
-                                true,
-                                &t,
-                                (r, 1),
-                                a_values,
-                                (in_features, 1),
-                                scaling,
-                            ),
-                            Some(through_mask) => {
+                        match (dropped.as_mut(), &self.dropout) {
+                            (Some(through_mask), Some(dropout)) => {
                                 // xd is no longer needed: its buffer takes s · t A.
                                 gemm_into(
                                     through_mask,
@@ -224,9 +214,18 @@ impl CustomOp3 for FrozenLinearWithLora {
                                     (in_features, 1),
                                     scaling,
                                 );
-                                Dropout::new(self.branch.dropout, self.branch.seed)
-                                    .accumulate(through_mask, &mut dx);
+                                dropout.accumulate(through_mask, &mut dx);
                             }
+                            _ => gemm_into(
+                                &mut dx,
+                                (rows, in_features, r),
+                                true,
+                                &t,
+                                (r, 1),
+                                a_values,
+                                (in_features, 1),
+                                scaling,
+                            ),
                         }
                         Ok((
                             Some(tensor_from(dx, x.shape())?),

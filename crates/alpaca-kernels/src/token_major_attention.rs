@@ -82,14 +82,8 @@ pub fn bidirectional_attention(
         )
     }
     let dropout = match dropout {
-        Some(d) if !(0.0..1.0).contains(&d.probability) => {
-            bail!(
-                "bidirectional attention: dropout {} is not in [0, 1)",
-                d.probability
-            )
-        }
-        Some(d) if d.probability > 0.0 => Some(Dropout::new(d.probability, d.seed)),
-        _ => None,
+        Some(d) => Dropout::active("bidirectional attention", d.probability, d.seed)?,
+        None => None,
     };
     let attention = Attention {
         d: width / heads,

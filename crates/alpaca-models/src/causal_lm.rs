@@ -156,12 +156,6 @@ impl LlamaForCausalLM {
         Ok(bytes)
     }
 
-    /// The output layer applied to hidden states [.., H] → logits [.., vocab] (for callers that
-    /// pick the positions first, e.g. only those with a target).
-    pub fn logits_of(&self, hidden: &Tensor) -> Result<Tensor> {
-        self.logits(hidden)
-    }
-
     /// Mean cross-entropy of the logits of `hidden` [P, H] against `targets` [P] (rows whose
     /// target is [`IGNORE_INDEX`] skipped). With a frozen head (LoRA, after `pack_frozen`) this is one
     /// op that never holds the [P, vocab] logits and, when training, forms the gradient for
