@@ -523,6 +523,8 @@ fn evaluate(args: EvalArgs) -> Result<()> {
 
 fn main() {
     let cli = Cli::parse();
+    // Every command calls set_threads from this thread.
+    alpaca_train::threads::caller_joins_pool();
     let result = match cli.command {
         Command::Train(TrainCommand::Ner(args)) => train_ner(*args),
         Command::Predict(PredictCommand::Ner(args)) => predict_ner(args),

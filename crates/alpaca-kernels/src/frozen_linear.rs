@@ -15,7 +15,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 
 use crate::bf16_gemm::{gemm, PackedB};
-use crate::linear::{forward_small, gemm_into, SMALL_ROWS};
+use crate::linear::gemm_into;
 use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
 use crate::Precision;
 
@@ -110,12 +110,20 @@ impl FrozenWeight {
         let rows = x.len() / in_features;
         match &self.bf16 {
             Some(panels) => gemm(y, rows, false, x, (in_features, 1), &panels.forward),
-            // A few rows (decoding): dot products, as `linear` does, since gemm would pack the
-            // whole weight for them.
-            None if rows <= SMALL_ROWS => with_f32("frozen linear", &self.weight, |w| {
-                y.copy_from_slice(&forward_small(x, w, None, in_features, out_features));
-                Ok(())
-            })?,
+            // A few rows (decoding): register-blocked dot products, as `linear` does, since
+            // gemm would pack the whole weight for them.
+            None if crate::few_rows::suits(rows, in_features, out_features) => {
+                with_f32("frozen linear", &self.weight, |w| {
+                    y.copy_from_slice(&crate::few_rows::product(
+                        x,
+                        w,
+                        None,
+                        in_features,
+                        out_features,
+                    ));
+                    Ok(())
+                })?
+            }
             None => with_f32("frozen linear", &self.weight, |w| {
                 gemm_into(
                     y,

@@ -14,6 +14,7 @@ pub mod bf16_gemm;
 pub mod causal_attention;
 pub mod cross_entropy;
 pub mod dropout;
+mod few_rows;
 pub mod frozen_head_loss;
 pub mod frozen_linear;
 pub mod gelu;

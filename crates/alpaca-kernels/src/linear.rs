@@ -14,6 +14,7 @@ use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape,
 use rayon::prelude::*;
 
 use crate::bf16_gemm::{self, PackedB};
+use crate::few_rows;
 use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
 use crate::Precision;
 
@@ -134,52 +135,6 @@ pub(crate) fn gemm_into(
     }
 }
 
-/// Up to this many rows, `forward` uses dot products instead of gemm: gemm packs the whole
-/// weight matrix on every call, which for a single short sentence (prediction at batch 1)
-/// costs as much as the multiplication itself.
-pub(crate) const SMALL_ROWS: usize = 32;
-
-/// y [N, out] = x [N, in] · Wᵀ (+ b), one dot product per (row, output), parallel over blocks
-/// of outputs so each weight row is read once for all N input rows.
-pub(crate) fn forward_small(
-    x: &[f32],
-    weight: &[f32],
-    bias: Option<&[f32]>,
-    in_features: usize,
-    out_features: usize,
-) -> Vec<f32> {
-    let rows = x.len() / in_features;
-    let block = 64;
-    // Computed transposed ([out, N]) so that each task owns a contiguous block.
-    let mut transposed = vec![0.0f32; out_features * rows];
-    transposed
-        .par_chunks_mut(block * rows)
-        .enumerate()
-        .for_each(|(task, out_block)| {
-            crate::math::simd(
-                #[inline(always)]
-                || {
-                    for (offset, y_column) in out_block.chunks_exact_mut(rows).enumerate() {
-                        let o = task * block + offset;
-                        let w_row = &weight[o * in_features..(o + 1) * in_features];
-                        let b = bias.map_or(0.0, |b| b[o]);
-                        for (n, y) in y_column.iter_mut().enumerate() {
-                            let x_row = &x[n * in_features..(n + 1) * in_features];
-                            *y = crate::math::dot(x_row, w_row) + b;
-                        }
-                    }
-                },
-            )
-        });
-    let mut y = vec![0.0f32; rows * out_features];
-    for (o, column) in transposed.chunks_exact(rows).enumerate() {
-        for (n, &value) in column.iter().enumerate() {
-            y[n * out_features + o] = value;
-        }
-    }
-    y
-}
-
 /// y [N, out] = x [N, in] · Wᵀ (+ b broadcast over rows).
 fn forward(
     x: &[f32],
@@ -189,8 +144,16 @@ fn forward(
     out_features: usize,
 ) -> Vec<f32> {
     let rows = x.len() / in_features;
-    if rows <= SMALL_ROWS {
-        return forward_small(x, weight, bias, in_features, out_features);
+    let bf16 = precision() == Precision::Bf16;
+    // In bf16 mode only a few rows (decoding) stay f32; past them the products are bf16, as
+    // the backward's are.
+    let blocked = if bf16 {
+        rows <= few_rows::FEW
+    } else {
+        few_rows::suits(rows, in_features, out_features)
+    };
+    if blocked {
+        return few_rows::product(x, weight, bias, in_features, out_features);
     }
     let mut y = match bias {
         Some(b) => {
@@ -203,7 +166,7 @@ fn forward(
         None => vec![0.0; rows * out_features],
     };
     // Wᵀ as a [in, out] matrix: element (i, o) is weight[o·in + i].
-    if precision() == Precision::Bf16 {
+    if bf16 {
         let packed = PackedB::transposed_weight(weight, (out_features, in_features));
         bf16_gemm::gemm(&mut y, rows, bias.is_some(), x, (in_features, 1), &packed);
         return y;

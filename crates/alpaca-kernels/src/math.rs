@@ -121,32 +121,43 @@ pub(crate) fn max(xs: &[f32]) -> f32 {
 pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        use std::sync::OnceLock;
-        static LEVEL: OnceLock<u8> = OnceLock::new();
-        let level = *LEVEL.get_or_init(|| {
-            if std::arch::is_x86_feature_detected!("avx512f")
-                && std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512dq")
-                && std::arch::is_x86_feature_detected!("avx512vl")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                2
-            } else if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                1
-            } else {
-                0
-            }
-        });
-        // SAFETY: the features were detected at runtime just above.
-        match level {
+        // SAFETY: the features were detected at runtime (`simd_level`).
+        match simd_level() {
             2 => return unsafe { run_avx512(f) },
             1 => return unsafe { run_avx2(f) },
             _ => {}
         }
     }
     f()
+}
+
+/// Whether this CPU runs the AVX-512 code paths (F, BW, DQ, VL and FMA).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx512() -> bool {
+    simd_level() == 2
+}
+
+/// 2: AVX-512 (F, BW, DQ, VL) with FMA; 1: AVX2 with FMA; 0: baseline. Detected once.
+#[cfg(target_arch = "x86_64")]
+fn simd_level() -> u8 {
+    use std::sync::OnceLock;
+    static LEVEL: OnceLock<u8> = OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            2
+        } else if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+        {
+            1
+        } else {
+            0
+        }
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
