@@ -233,6 +233,27 @@ impl BertModel {
         })
     }
 
+    /// Packs every linear layer for prediction ([`Linear::pack_for_inference`]); the model
+    /// then no longer trains. Returns the bytes packed.
+    pub fn pack_for_inference(&mut self) -> Result<usize> {
+        let mut bytes = 0;
+        for layer in &mut self.layers {
+            let attention = &mut layer.attention;
+            let feed_forward = &mut layer.feed_forward;
+            for linear in [
+                &mut attention.query,
+                &mut attention.key,
+                &mut attention.value,
+                &mut attention.output,
+                &mut feed_forward.intermediate,
+                &mut feed_forward.output,
+            ] {
+                bytes += linear.pack_for_inference()?;
+            }
+        }
+        Ok(bytes)
+    }
+
     /// The word-embedding table [vocab, H], which the masked-LM decoder reuses (tied).
     pub fn word_embeddings(&self) -> &candle_core::Var {
         &self.embeddings.words.weight
@@ -310,15 +331,20 @@ impl BertModel {
         let x = attention.layer_norm.forward(&(attended + x)?)?;
 
         let feed_forward = &layer.feed_forward;
-        let intermediate = alpaca_kernels::bias_gelu(
-            &feed_forward.intermediate.forward_without_bias(&x)?,
-            feed_forward
-                .intermediate
-                .bias
-                .as_ref()
-                .expect("BERT linears have biases")
-                .as_tensor(),
-        )?;
+        let intermediate = if feed_forward.intermediate.is_packed() {
+            // The packed product adds the bias itself.
+            alpaca_kernels::gelu(&feed_forward.intermediate.forward(&x)?)?
+        } else {
+            alpaca_kernels::bias_gelu(
+                &feed_forward.intermediate.forward_without_bias(&x)?,
+                feed_forward
+                    .intermediate
+                    .bias
+                    .as_ref()
+                    .expect("BERT linears have biases")
+                    .as_tensor(),
+            )?
+        };
         let output = feed_forward.output.forward(&intermediate)?;
         let output = dropout(&output, config.hidden_dropout_prob, mode, site + 2)?;
         feed_forward.layer_norm.forward(&(output + x)?)

@@ -72,15 +72,15 @@ pub fn classifier(
     let shape = [labels, hidden];
     let init = Init::Normal(initializer_range);
     Ok(if reuse {
-        Linear {
-            weight: loader.take("classifier.weight", &shape, init)?,
-            bias: Some(loader.take("classifier.bias", &[labels], Init::Zeros)?),
-        }
+        Linear::new(
+            loader.take("classifier.weight", &shape, init)?,
+            Some(loader.take("classifier.bias", &[labels], Init::Zeros)?),
+        )
     } else {
-        Linear {
-            weight: loader.fresh_parameter("classifier.weight", &shape, init)?,
-            bias: Some(loader.fresh_parameter("classifier.bias", &[labels], Init::Zeros)?),
-        }
+        Linear::new(
+            loader.fresh_parameter("classifier.weight", &shape, init)?,
+            Some(loader.fresh_parameter("classifier.bias", &[labels], Init::Zeros)?),
+        )
     })
 }
 

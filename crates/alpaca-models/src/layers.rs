@@ -1,5 +1,8 @@
 //! The building blocks shared by the architectures: linear, layer norm, embedding.
 
+use std::sync::Arc;
+
+use alpaca_kernels::PackedLinear;
 use candle_core::{Tensor, Var};
 
 use crate::checkpoint::{Init, WeightLoader};
@@ -9,9 +12,38 @@ use crate::error::Result;
 pub struct Linear {
     pub weight: Var,
     pub bias: Option<Var>,
+    /// Weight and bias packed for inference ([`Linear::pack_for_inference`]): when present,
+    /// `forward` uses them and the layer no longer trains.
+    packed: Option<Arc<PackedLinear>>,
 }
 
 impl Linear {
+    pub fn new(weight: Var, bias: Option<Var>) -> Self {
+        Self {
+            weight,
+            bias,
+            packed: None,
+        }
+    }
+
+    /// Packs the weight and bias as they are now for prediction (`alpaca_kernels::packed_linear`:
+    /// no per-call packing, no horizontal sums). From then on `forward` computes no gradients
+    /// for them; the Vars stay, for saving. Returns the bytes packed.
+    pub fn pack_for_inference(&mut self) -> Result<usize> {
+        let packed = PackedLinear::new(
+            self.weight.as_tensor(),
+            self.bias.as_ref().map(|bias| bias.as_tensor()),
+        )?;
+        let bytes = packed.size_in_bytes();
+        self.packed = Some(packed);
+        Ok(bytes)
+    }
+
+    /// Whether [`Linear::pack_for_inference`] was called.
+    pub fn is_packed(&self) -> bool {
+        self.packed.is_some()
+    }
+
     pub fn load(
         loader: &mut WeightLoader,
         prefix: &str,
@@ -25,10 +57,7 @@ impl Linear {
             Init::Normal(initializer_range),
         )?;
         let bias = loader.take(&format!("{prefix}.bias"), &[out_features], Init::Zeros)?;
-        Ok(Self {
-            weight,
-            bias: Some(bias),
-        })
+        Ok(Self::new(weight, Some(bias)))
     }
 
     /// `x Wᵀ` without the bias, for callers that fuse the bias into the next op.
@@ -38,6 +67,9 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(packed) = &self.packed {
+            return Ok(alpaca_kernels::packed_linear(x, packed)?);
+        }
         match &self.bias {
             Some(bias) => Ok(alpaca_kernels::linear(
                 x,

@@ -256,7 +256,7 @@ impl Projection {
         )?;
         Ok(Self {
             name,
-            linear: Linear { weight, bias: None },
+            linear: Linear::new(weight, None),
             adapter: None,
             frozen: false,
             frozen_weight: None,

@@ -138,6 +138,14 @@ impl BertForSequenceClassification {
         ))
     }
 
+    /// Packs the encoder, the pooler and the classifier for prediction (see
+    /// [`BertModel::pack_for_inference`]); the model then no longer trains.
+    pub fn pack_for_inference(&mut self) -> Result<usize> {
+        Ok(self.bert.pack_for_inference()?
+            + self.pooler.pack_for_inference()?
+            + self.classifier.pack_for_inference()?)
+    }
+
     /// Logits [b, labels].
     pub fn forward(
         &self,
@@ -232,6 +240,26 @@ mod tests {
 
     fn labels() -> Vec<String> {
         ["a", "b", "c"].iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn packed_for_inference_gives_the_same_logits() {
+        let mut model =
+            BertForSequenceClassification::new_random(tiny_config(), labels(), 3).unwrap();
+        let (ids, types, mask) = inputs();
+        let before = model.forward(&ids, &types, &mask, Mode::EVAL).unwrap();
+        assert!(model.pack_for_inference().unwrap() > 0);
+        assert!(model.pooler.is_packed() && model.classifier.is_packed());
+        let after = model.forward(&ids, &types, &mask, Mode::EVAL).unwrap();
+        let difference = (before - after)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(difference < 1e-5, "packed logits differ by {difference}");
     }
 
     #[test]

@@ -83,6 +83,12 @@ impl BertForTokenClassification {
         ))
     }
 
+    /// Packs the encoder and the classifier for prediction (see
+    /// [`BertModel::pack_for_inference`]); the model then no longer trains.
+    pub fn pack_for_inference(&mut self) -> Result<usize> {
+        Ok(self.bert.pack_for_inference()? + self.classifier.pack_for_inference()?)
+    }
+
     /// Logits [b, t, labels].
     pub fn forward(
         &self,

@@ -36,7 +36,7 @@ fn check(name: &str, relative: &str) {
     let config: BertConfig = serde_json::from_value(dir.config_value().unwrap()).unwrap();
     let mut loader = WeightLoader::new(&dir.path, dir.load_weights().unwrap(), 0);
     loader.add_prefix("bert", &["embeddings.", "encoder.", "pooler."]);
-    let model = BertModel::load(&mut loader, "bert", &config).unwrap();
+    let mut model = BertModel::load(&mut loader, "bert", &config).unwrap();
     let (_, report) = loader.finish();
     assert!(report.missing.is_empty(), "missing: {:?}", report.missing);
 
@@ -45,24 +45,33 @@ fn check(name: &str, relative: &str) {
     let mask = matrix_u32(&case["attention_mask"])
         .to_dtype(candle_core::DType::F32)
         .unwrap();
-    let hidden = model.forward(&ids, &types, &mask, Mode::EVAL).unwrap();
-    let ours: Vec<Vec<Vec<f32>>> = hidden.to_vec3().unwrap();
     let reference: Vec<Vec<Vec<f32>>> =
         serde_json::from_value(case["last_hidden_state"].clone()).unwrap();
     let masks: Vec<Vec<u32>> = serde_json::from_value(case["attention_mask"].clone()).unwrap();
-    let mut worst = 0f32;
-    for (b, sequence) in reference.iter().enumerate() {
-        for (t, token) in sequence.iter().enumerate() {
-            // Padding positions are garbage in both implementations; only real tokens count.
-            if masks[b][t] == 0 {
-                continue;
-            }
-            for (h, value) in token.iter().enumerate() {
-                worst = worst.max((ours[b][t][h] - value).abs());
+    // As trained, then with the weights packed for prediction.
+    for packed in [false, true] {
+        if packed {
+            assert!(model.pack_for_inference().unwrap() > 0);
+        }
+        let hidden = model.forward(&ids, &types, &mask, Mode::EVAL).unwrap();
+        let ours: Vec<Vec<Vec<f32>>> = hidden.to_vec3().unwrap();
+        let mut worst = 0f32;
+        for (b, sequence) in reference.iter().enumerate() {
+            for (t, token) in sequence.iter().enumerate() {
+                // Padding positions are garbage in both implementations; only real tokens count.
+                if masks[b][t] == 0 {
+                    continue;
+                }
+                for (h, value) in token.iter().enumerate() {
+                    worst = worst.max((ours[b][t][h] - value).abs());
+                }
             }
         }
+        assert!(
+            worst < 1e-4,
+            "{name} (packed: {packed}): max |alpaca - torch| = {worst}"
+        );
     }
-    assert!(worst < 1e-4, "{name}: max |alpaca - torch| = {worst}");
 }
 
 #[test]

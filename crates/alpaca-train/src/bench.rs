@@ -215,7 +215,8 @@ pub fn run_predict_bench(
         bail!("--batch-size and --sentences must be at least 1");
     }
     let dir = alpaca_models::ModelDir::open(model)?;
-    let (model, _) = BertForTokenClassification::load(&dir, None, 0)?;
+    let (mut model, _) = BertForTokenClassification::load(&dir, None, 0)?;
+    model.pack_for_inference()?;
     let tokenizer = crate::ner::load_tokenizer(&dir, model.bert.config.vocab_size)?;
     let pad = crate::ner::pad_id(&tokenizer);
     let mut data = alpaca_data::conll::read_conll(conll)?;

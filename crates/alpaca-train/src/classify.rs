@@ -453,7 +453,10 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
 
     // After: reload the best checkpoint from disk (this also proves it loads).
     let best_model_dir = ModelDir::open(best_dir.to_str().context("run path is not UTF-8")?)?;
-    let (best_model, _) = BertForSequenceClassification::load(&best_model_dir, None, config.seed)?;
+    let (mut best_model, _) =
+        BertForSequenceClassification::load(&best_model_dir, None, config.seed)?;
+    // Only evaluated from here on.
+    best_model.pack_for_inference()?;
     model = best_model;
     let mut splits = Vec::new();
     for (split, before) in eval_splits.iter().zip(before) {

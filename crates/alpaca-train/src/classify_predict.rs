@@ -29,7 +29,8 @@ pub struct ClassifyPredictor {
 impl ClassifyPredictor {
     pub fn load(model: &str) -> Result<Self> {
         let dir = ModelDir::open(model)?;
-        let (model, _) = BertForSequenceClassification::load(&dir, None, 0)?;
+        let (mut model, _) = BertForSequenceClassification::load(&dir, None, 0)?;
+        model.pack_for_inference()?;
         let tokenizer = load_tokenizer(&dir, model.bert.config.vocab_size)?;
         let pad = pad_id(&tokenizer);
         let max_len = model.bert.config.max_position_embeddings.min(512);

@@ -57,7 +57,8 @@ pub fn evaluate_saved(options: &EvalOptions) -> Result<EvalOutput> {
 }
 
 fn evaluate_ner(dir: &ModelDir, options: &EvalOptions) -> Result<EvalOutput> {
-    let (model, _) = BertForTokenClassification::load(dir, None, 0)?;
+    let (mut model, _) = BertForTokenClassification::load(dir, None, 0)?;
+    model.pack_for_inference()?;
     let tokenizer = load_tokenizer(dir, model.bert.config.vocab_size)?;
     let labels = LabelSet::from_labels(model.labels.clone());
     let (sentences, scheme) =
@@ -98,7 +99,8 @@ fn evaluate_ner(dir: &ModelDir, options: &EvalOptions) -> Result<EvalOutput> {
 }
 
 fn evaluate_classify(dir: &ModelDir, options: &EvalOptions) -> Result<EvalOutput> {
-    let (model, _) = BertForSequenceClassification::load(dir, None, 0)?;
+    let (mut model, _) = BertForSequenceClassification::load(dir, None, 0)?;
+    model.pack_for_inference()?;
     let tokenizer = load_tokenizer(dir, model.bert.config.vocab_size)?;
     let columns = Columns {
         text: &options.text_column,

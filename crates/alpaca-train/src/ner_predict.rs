@@ -76,7 +76,8 @@ pub struct NerPredictor {
 impl NerPredictor {
     pub fn load(model: &str) -> Result<Self> {
         let dir = ModelDir::open(model)?;
-        let (model, _) = BertForTokenClassification::load(&dir, None, 0)?;
+        let (mut model, _) = BertForTokenClassification::load(&dir, None, 0)?;
+        model.pack_for_inference()?;
         let tokenizer = load_tokenizer(&dir, model.bert.config.vocab_size)?;
         let bioes = model
             .labels
