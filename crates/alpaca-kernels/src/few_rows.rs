@@ -237,20 +237,7 @@ mod tests {
                 .collect();
             let b: Vec<f32> = (0..out_features).map(|o| o as f32 * 0.1).collect();
             let y = product(&x, &w, Some(&b), in_features, out_features);
-            assert_eq!(y.len(), rows * out_features);
-            for n in 0..rows {
-                for o in 0..out_features {
-                    let exact: f64 = (0..in_features)
-                        .map(|i| x[n * in_features + i] as f64 * w[o * in_features + i] as f64)
-                        .sum::<f64>()
-                        + b[o] as f64;
-                    let got = y[n * out_features + o] as f64;
-                    assert!(
-                        (got - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
-                        "rows {rows} in {in_features} out {out_features}: y[{n}, {o}] = {got}, expected {exact}"
-                    );
-                }
-            }
+            crate::util::assert_product(&x, &w, &b, &y, (rows, in_features));
         }
     }
 

@@ -42,40 +42,55 @@ impl PackedLinear {
     pub fn new(weight: &Tensor, bias: Option<&Tensor>) -> Result<Arc<Self>> {
         const OP: &str = "packed linear";
         check_f32_cpu(OP, "weight", weight)?;
-        let (out_features, in_features) = weight.dims2()?;
-        let panel_count = out_features.div_ceil(PANEL);
-        let mut panels = vec![0.0f32; panel_count * in_features * PANEL];
-        with_f32(OP, &weight.contiguous()?, |w| {
-            for (p, panel) in panels.chunks_exact_mut(in_features * PANEL).enumerate() {
-                for lane in 0..PANEL.min(out_features - p * PANEL) {
-                    let row = &w[(p * PANEL + lane) * in_features..][..in_features];
-                    for (i, &value) in row.iter().enumerate() {
-                        panel[i * PANEL + lane] = value;
-                    }
-                }
-            }
-            Ok(())
-        })?;
-        let mut padded_bias = vec![0.0f32; panel_count * PANEL];
+        let dims = weight.dims2()?;
         if let Some(bias) = bias {
             check_f32_cpu(OP, "bias", bias)?;
-            if bias.dims() != [out_features] {
+            if bias.dims() != [dims.0] {
                 bail!(
-                    "{OP}: bias must have shape [{out_features}], got {:?}",
+                    "{OP}: bias must have shape [{}], got {:?}",
+                    dims.0,
                     bias.shape()
                 )
             }
-            with_f32(OP, &bias.contiguous()?, |b| {
-                padded_bias[..out_features].copy_from_slice(b);
-                Ok(())
-            })?;
         }
-        Ok(Arc::new(Self {
+        let packed = with_f32(OP, &weight.contiguous()?, |w| match bias {
+            Some(bias) => with_f32(OP, &bias.contiguous()?, |b| {
+                Ok(Self::from_slices(w, Some(b), dims))
+            }),
+            None => Ok(Self::from_slices(w, None, dims)),
+        })?;
+        Ok(Arc::new(packed))
+    }
+
+    /// Packs w [out, in] and b [out], in parallel over panels.
+    pub(crate) fn from_slices(w: &[f32], b: Option<&[f32]>, dims: (usize, usize)) -> Self {
+        let (out_features, in_features) = dims;
+        let panel_count = out_features.div_ceil(PANEL);
+        let mut panels = vec![0.0f32; panel_count * in_features * PANEL];
+        panels
+            .par_chunks_mut(in_features * PANEL)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                let lanes = PANEL.min(out_features - p * PANEL);
+                let rows = &w[p * PANEL * in_features..(p * PANEL + lanes) * in_features];
+                // Input by input, so the writes are whole 32-float panel rows and the reads
+                // walk the 32 weight rows side by side.
+                for (i, panel_row) in panel.chunks_exact_mut(PANEL).enumerate() {
+                    for (value, row) in panel_row.iter_mut().zip(rows.chunks_exact(in_features)) {
+                        *value = row[i];
+                    }
+                }
+            });
+        let mut bias = vec![0.0f32; panel_count * PANEL];
+        if let Some(b) = b {
+            bias[..out_features].copy_from_slice(b);
+        }
+        Self {
             out_features,
             in_features,
             panels,
-            bias: padded_bias,
-        }))
+            bias,
+        }
     }
 
     /// (out, in)
@@ -89,7 +104,7 @@ impl PackedLinear {
     }
 
     /// y [rows, out] = x [rows, in] · Wᵀ + b.
-    fn product(&self, x: &[f32]) -> Vec<f32> {
+    pub(crate) fn product(&self, x: &[f32]) -> Vec<f32> {
         let (out_features, in_features) = self.dims();
         let rows = x.len() / in_features;
         let panel_count = out_features.div_ceil(PANEL);
@@ -285,19 +300,7 @@ mod tests {
             let y = packed_linear(&input, &packed).unwrap();
             assert_eq!(y.dims(), [1, rows, out_features]);
             let y = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-            for n in 0..rows {
-                for o in 0..out_features {
-                    let exact: f64 = (0..in_features)
-                        .map(|i| x[n * in_features + i] as f64 * w[o * in_features + i] as f64)
-                        .sum::<f64>()
-                        + b[o] as f64;
-                    let got = y[n * out_features + o] as f64;
-                    assert!(
-                        (got - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
-                        "rows {rows} in {in_features} out {out_features}: y[{n}, {o}] = {got}, expected {exact}"
-                    );
-                }
-            }
+            crate::util::assert_product(&x, &w, &b, &y, (rows, in_features));
         }
     }
 

@@ -55,3 +55,30 @@ pub(crate) fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
         .and_then(|d| d.to_scalar::<f32>())
         .expect("tensors of one shape")
 }
+
+/// Asserts y [rows, out] = x [rows, in] · w [out, in]ᵀ + b against f64 sums, to 1e-4 relative
+/// (tests of the product kernels).
+#[cfg(test)]
+pub(crate) fn assert_product(
+    x: &[f32],
+    w: &[f32],
+    b: &[f32],
+    y: &[f32],
+    (rows, in_features): (usize, usize),
+) {
+    let out_features = b.len();
+    assert_eq!(y.len(), rows * out_features);
+    for n in 0..rows {
+        for o in 0..out_features {
+            let exact: f64 = (0..in_features)
+                .map(|i| x[n * in_features + i] as f64 * w[o * in_features + i] as f64)
+                .sum::<f64>()
+                + b[o] as f64;
+            let got = y[n * out_features + o] as f64;
+            assert!(
+                (got - exact).abs() <= 1e-4 * (1.0 + exact.abs()),
+                "rows {rows} in {in_features} out {out_features}: y[{n}, {o}] = {got}, expected {exact}"
+            );
+        }
+    }
+}
