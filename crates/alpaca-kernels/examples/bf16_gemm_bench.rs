@@ -1,6 +1,7 @@
 //! GFLOP/s of the bf16 GEMM (frozen weight packed once) against the f32 gemm crate on the
-//! projection shapes of a SmolLM2-135M LoRA step (8 × 256 tokens), both directions of a frozen
-//! linear layer: forward y = x Wᵀ and input gradient dx = dy W.
+//! projection shapes of a SmolLM2-135M LoRA step (8 × 256 tokens) and of a MiniLM CoNLL step
+//! (~350 tokens), both directions of a frozen linear layer: forward y = x Wᵀ and input
+//! gradient dx = dy W.
 //!     RAYON_NUM_THREADS=2 cargo run --release -p alpaca-kernels --example bf16_gemm_bench
 
 use std::time::Instant;
@@ -27,6 +28,9 @@ fn time(mut f: impl FnMut()) -> f64 {
 fn main() -> candle_core::Result<()> {
     println!("avx512-bf16 kernel: {}", has_avx512_bf16());
     for (rows, input, output) in [
+        (350, 384, 384),
+        (350, 384, 1536),
+        (350, 1536, 384),
         (2048, 576, 576),
         (2048, 576, 192),
         (2048, 576, 1536),
