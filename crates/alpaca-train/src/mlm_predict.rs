@@ -38,7 +38,7 @@ impl MaskFiller {
     /// `alpaca train mlm`, or splade-tiny).
     pub fn load(model: &str) -> Result<Self> {
         let dir = ModelDir::open(model)?;
-        let (model, report) = BertForPreTraining::load(&dir, false, 0)?;
+        let (mut model, report) = BertForPreTraining::load(&dir, false, 0)?;
         if report
             .missing
             .iter()
@@ -51,6 +51,8 @@ impl MaskFiller {
                 dir.path.display()
             );
         }
+        // Only predicts: the encoder's weights packed once (the head is small or tied).
+        model.bert.pack_for_inference()?;
         let tokenizer = load_tokenizer(&dir, model.bert.config.vocab_size)?;
         let mask_id = SpecialIds::of(&tokenizer)?.mask;
         let mask_token = tokenizer
