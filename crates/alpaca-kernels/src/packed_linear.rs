@@ -73,11 +73,11 @@ impl PackedLinear {
             .for_each(|(p, panel)| {
                 let lanes = PANEL.min(out_features - p * PANEL);
                 let rows = &w[p * PANEL * in_features..(p * PANEL + lanes) * in_features];
-                // Input by input, so the writes are whole 32-float panel rows and the reads
-                // walk the 32 weight rows side by side.
-                for (i, panel_row) in panel.chunks_exact_mut(PANEL).enumerate() {
-                    for (value, row) in panel_row.iter_mut().zip(rows.chunks_exact(in_features)) {
-                        *value = row[i];
+                // Row by row: each weight row is read once, in order, and written down one
+                // panel column (the panel, 32 × in floats, stays in L2).
+                for (lane, row) in rows.chunks_exact(in_features).enumerate() {
+                    for (slot, &value) in panel[lane..].iter_mut().step_by(PANEL).zip(row) {
+                        *slot = value;
                     }
                 }
             });

@@ -14,13 +14,15 @@ fn composed(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
 #[test]
 fn forward_and_backward_match_composed_ops() {
     // 3-d input as in the model, a 2-d one, an odd size and a single row (the forward's
-    // register-blocked few-row products), and enough rows × outputs for its gemm path.
+    // register-blocked few-row products), enough rows × outputs for its gemm path, and a wide
+    // input over many rows (its packed-panel path).
     for (dims, out) in [
         (vec![3, 5, 48], 40),
         (vec![17, 33], 9),
         (vec![1, 1, 8], 3),
         (vec![130, 64], 200),
         (vec![2, 150, 64], 400),
+        (vec![900, 256], 60),
     ] {
         let input = *dims.last().unwrap();
         let x = rand_tensor(&dims, 1, 1.0);
