@@ -6,8 +6,10 @@
 //! weight stored as panels Wᵀ[in][32] (each panel one contiguous stream), a tile of 6 rows ×
 //! 32 outputs keeps 12 AVX-512 accumulators that each step feeds from two panel vectors and six
 //! broadcast x values: no reductions, no per-call packing, the panel read sequentially. The
-//! bias is the accumulators' starting value. Inference only: the op has no backward, and the
-//! panels are a copy, so a weight that changes must be packed again.
+//! bias is the accumulators' starting value. The op is for inference only: it has no backward,
+//! and the panels are a copy, so a weight that changes must be packed again. (`crate::linear`
+//! also packs at each call for the one training shape where gemm is slowest, 1536→384, and
+//! keeps its own backward.)
 
 use std::sync::Arc;
 
