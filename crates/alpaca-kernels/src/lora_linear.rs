@@ -242,7 +242,7 @@ impl CustomOp3 for FrozenLinearWithLora {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::max_difference;
+    use crate::util::{gradients, max_difference};
     use crate::{dropout, frozen_linear, linear_no_bias, Precision};
     use candle_core::{Device, Var};
 
@@ -288,18 +288,9 @@ mod tests {
             let composed = (frozen_linear(x.as_tensor(), &packed).unwrap() + term).unwrap();
             assert!(max_difference(&fused, &composed) < 1e-5, "p {probability}");
 
-            let gradients = |y: &Tensor| {
-                let g = (y * &upstream)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                [x.as_tensor(), a.as_tensor(), b.as_tensor()]
-                    .map(|v| g.get(v).expect("every input gets a gradient").clone())
-            };
-            let [fused_x, fused_a, fused_b] = gradients(&fused);
-            let [composed_x, composed_a, composed_b] = gradients(&composed);
+            let inputs = [x.as_tensor(), a.as_tensor(), b.as_tensor()];
+            let [fused_x, fused_a, fused_b] = gradients(&fused, &upstream, inputs);
+            let [composed_x, composed_a, composed_b] = gradients(&composed, &upstream, inputs);
             assert!(
                 max_difference(&fused_x, &composed_x) < 1e-4,
                 "dx, p {probability}"

@@ -301,7 +301,7 @@ impl CustomOp3 for TokenMajorAttention {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::util::max_difference;
+    use crate::util::{gradients, max_difference};
     use crate::{causal_attention, rope};
     use candle_core::{Device, Var};
 
@@ -353,16 +353,9 @@ mod tests {
         .unwrap();
         assert!(max_difference(&fused, &composed) < 1e-5);
 
-        let gradients = |y: &Tensor| {
-            let g = (y * &upstream)
-                .unwrap()
-                .sum_all()
-                .unwrap()
-                .backward()
-                .unwrap();
-            [q.as_tensor(), k.as_tensor(), v.as_tensor()].map(|x| g.get(x).unwrap().clone())
-        };
-        for (fused, composed) in gradients(&fused).iter().zip(gradients(&composed).iter()) {
+        let inputs = [q.as_tensor(), k.as_tensor(), v.as_tensor()];
+        let fused = gradients(&fused, &upstream, inputs);
+        for (fused, composed) in fused.iter().zip(&gradients(&composed, &upstream, inputs)) {
             assert!(max_difference(fused, composed) < 1e-4);
             assert!(
                 fused
@@ -430,16 +423,9 @@ mod tests {
                 .unwrap();
             assert!(max_difference(&fused, &composed) < 1e-5, "p {probability}");
 
-            let gradients = |y: &Tensor| {
-                let g = (y * &upstream)
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .backward()
-                    .unwrap();
-                [q.as_tensor(), k.as_tensor(), v.as_tensor()].map(|x| g.get(x).unwrap().clone())
-            };
-            for (fused, composed) in gradients(&fused).iter().zip(gradients(&composed).iter()) {
+            let inputs = [q.as_tensor(), k.as_tensor(), v.as_tensor()];
+            let fused = gradients(&fused, &upstream, inputs);
+            for (fused, composed) in fused.iter().zip(&gradients(&composed, &upstream, inputs)) {
                 assert!(max_difference(fused, composed) < 1e-4, "p {probability}");
             }
         }

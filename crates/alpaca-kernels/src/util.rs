@@ -82,3 +82,18 @@ pub(crate) fn assert_product(
         }
     }
 }
+
+/// The gradients of Σ y · upstream with respect to each of `inputs` (tests of fused ops
+/// against the composed ones).
+#[cfg(test)]
+pub(crate) fn gradients<const N: usize>(
+    y: &Tensor,
+    upstream: &Tensor,
+    inputs: [&Tensor; N],
+) -> [Tensor; N] {
+    let store = (y * upstream)
+        .and_then(|product| product.sum_all())
+        .and_then(|total| total.backward())
+        .expect("backward of a test graph");
+    inputs.map(|x| store.get(x).expect("every input gets a gradient").clone())
+}
