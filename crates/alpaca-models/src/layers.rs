@@ -28,8 +28,13 @@ impl Linear {
 
     /// Packs the weight and bias as they are now for prediction (`alpaca_kernels::packed_linear`:
     /// no per-call packing, no horizontal sums). From then on `forward` computes no gradients
-    /// for them; the Vars stay, for saving. Returns the bytes packed.
+    /// for them; the Vars stay, for saving. Returns the bytes packed. In the run-wide bf16 mode
+    /// it packs nothing and returns 0: the packed products are f32, and the bf16 ones are
+    /// faster (a CoNLL dev pass 7.2 s against 10.5).
     pub fn pack_for_inference(&mut self) -> Result<usize> {
+        if alpaca_kernels::linear::precision() == alpaca_kernels::Precision::Bf16 {
+            return Ok(0);
+        }
         let packed = PackedLinear::new(
             self.weight.as_tensor(),
             self.bias.as_ref().map(|bias| bias.as_tensor()),

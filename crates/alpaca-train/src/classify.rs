@@ -455,11 +455,8 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
     let best_model_dir = ModelDir::open(best_dir.to_str().context("run path is not UTF-8")?)?;
     let (mut best_model, _) =
         BertForSequenceClassification::load(&best_model_dir, None, config.seed)?;
-    // Only evaluated from here on: packed f32 products are the fastest in fp32 runs; a bf16 run
-    // keeps its bf16 products, which are faster still (a CoNLL dev pass 7.2 s against 10.5).
-    if alpaca_kernels::linear::precision() == alpaca_kernels::Precision::Fp32 {
-        best_model.pack_for_inference()?;
-    }
+    // Only evaluated from here on (a bf16 run keeps its bf16 products: see pack_for_inference).
+    best_model.pack_for_inference()?;
     model = best_model;
     let mut splits = Vec::new();
     for (split, before) in eval_splits.iter().zip(before) {
