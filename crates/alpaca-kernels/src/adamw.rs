@@ -1,6 +1,7 @@
 //! AdamW applied in place (torch.optim.AdamW semantics), plus gradient-norm helpers.
 //!
-//! Per element, with t = step (1-based):
+//! Per element, with t = step (1-based) and g the gradient times `gradient_scale` (clipping's
+//! factor, applied here rather than in a scaled copy of every gradient):
 //!   p ← p − lr·wd·p                        (decoupled weight decay)
 //!   m ← β1 m + (1−β1) g;   v ← β2 v + (1−β2) g²
 //!   p ← p − lr · (m / (1−β1^t)) / (sqrt(v / (1−β2^t)) + ε)
@@ -21,10 +22,13 @@ pub struct AdamWParams {
     pub weight_decay: f64,
     /// 1-based step count, for bias correction.
     pub step: u64,
+    /// What the gradient is multiplied by first (global-norm clipping's factor; 1 = as is).
+    pub gradient_scale: f64,
 }
 
 impl Default for AdamWParams {
-    /// torch.optim.AdamW defaults (lr 1e-3, betas (0.9, 0.999), eps 1e-8, wd 1e-2), step 1.
+    /// torch.optim.AdamW defaults (lr 1e-3, betas (0.9, 0.999), eps 1e-8, wd 1e-2), step 1,
+    /// gradients as they are.
     fn default() -> Self {
         Self {
             learning_rate: 1e-3,
@@ -33,6 +37,7 @@ impl Default for AdamWParams {
             epsilon: 1e-8,
             weight_decay: 1e-2,
             step: 1,
+            gradient_scale: 1.0,
         }
     }
 }
@@ -115,6 +120,7 @@ impl InplaceOp2 for AdamW<'_> {
             epsilon: eps,
             weight_decay: wd,
             step,
+            gradient_scale,
         } = self.params;
         let t = step.min(i32::MAX as u64) as i32;
         let bc1 = 1.0 - b1.powi(t);
@@ -125,6 +131,7 @@ impl InplaceOp2 for AdamW<'_> {
         let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
         let (b1, b2, eps) = (b1 as f32, b2 as f32, eps as f32);
         let (c1, c2) = (1.0 - b1, 1.0 - b2);
+        let scale = gradient_scale as f32;
         p.par_chunks_mut(CHUNK)
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
@@ -136,6 +143,7 @@ impl InplaceOp2 for AdamW<'_> {
                         for (((p, &g), m), v) in
                             p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
                         {
+                            let g = g * scale;
                             *m = b1 * *m + c1 * g;
                             *v = b2 * *v + c2 * g * g;
                             let denom = v.sqrt() * inv_sqrt_bc2 + eps;

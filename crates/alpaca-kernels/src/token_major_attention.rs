@@ -14,11 +14,14 @@
 //! Training and scoring only (all T positions at once, offset 0); decoding with a KV cache
 //! keeps the composed ops, whose cache holds rotated keys.
 
+use std::sync::Arc;
+
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::causal_attention::{check_head_groups, check_operands, key_mask, CausalAttention, Dims};
 use crate::dropout::Dropout;
+use crate::packed_tokens::{PackedTokens, NO_ROW};
 use crate::rope::{Rope, RopeTables};
 use crate::util::{slice_f32, tensor_from, with_f32};
 
@@ -46,7 +49,7 @@ pub fn rotary_causal_attention(
         d,
         rope: Some(tables),
         causal: true,
-        mask,
+        keys: Keys::Padded(mask),
         scale,
         dropout: None,
     };
@@ -61,16 +64,17 @@ pub struct AttentionDropout {
     pub seed: u64,
 }
 
-/// BERT's self-attention: q, k and v [B, T, H·D] with `heads` = H → [B, T, H·D], every query
-/// over every key the padding `mask` [B, T] keeps, scores scaled by `scale`, and when
-/// training `dropout` on the probabilities (the masks `dropout` would draw over the
-/// [B, H, T, T] probabilities with the same seed). Differentiable w.r.t. q, k and v.
+/// BERT's self-attention on packed tokens: q, k and v [1, n, H·D] (the n real tokens of a
+/// batch, laid out by `tokens`) with `heads` = H → [1, n, H·D], every query over every token
+/// of its own sequence, scores scaled by `scale`, and when training `dropout` on the
+/// probabilities (the masks `dropout` would draw over the padded [B, H, T, T] probabilities
+/// with the same seed). Differentiable w.r.t. q, k and v.
 pub fn bidirectional_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     heads: usize,
-    mask: &Tensor,
+    tokens: &PackedTokens,
     scale: f64,
     dropout: Option<AttentionDropout>,
 ) -> Result<Tensor> {
@@ -89,7 +93,7 @@ pub fn bidirectional_attention(
         d: width / heads,
         rope: None,
         causal: false,
-        mask: Some(mask),
+        keys: Keys::Packed(tokens),
         scale,
         dropout,
     };
@@ -102,9 +106,17 @@ struct Attention<'a> {
     d: usize,
     rope: Option<&'a RopeTables>,
     causal: bool,
-    mask: Option<&'a Tensor>,
+    keys: Keys<'a>,
     scale: f64,
     dropout: Option<Dropout>,
+}
+
+/// How the operands lay out the batch, and so which keys each query may see.
+enum Keys<'a> {
+    /// [B, T, width] with an optional key padding mask [B, T] (padding computed, not seen).
+    Padded(Option<&'a Tensor>),
+    /// [1, n, width]: only the real tokens, keys within each one's own sequence.
+    Packed(&'a PackedTokens),
 }
 
 fn token_major_attention(
@@ -117,7 +129,7 @@ fn token_major_attention(
         d,
         rope,
         causal,
-        mask,
+        keys,
         scale,
         dropout,
     } = attention;
@@ -131,15 +143,30 @@ fn token_major_attention(
             ))
         })
     };
-    let (b, t, q_width) = dims3(q, "q")?;
+    let (qb, qt, q_width) = dims3(q, "q")?;
     let (kb, kt, kv_width) = dims3(k, "k")?;
-    if (kb, kt) != (b, t) {
+    if (kb, kt) != (qb, qt) {
         bail!(
             "{OP}: k {:?} must match q {:?} in batch and length",
             k.shape(),
             q.shape()
         )
     }
+    // t: the padded length the kernel works on.
+    let (t, mask, packing) = match keys {
+        Keys::Padded(mask) => (qt, key_mask(OP, mask, qb, qt)?, None),
+        Keys::Packed(tokens) => {
+            if (qb, qt) != (1, tokens.rows()) {
+                bail!(
+                    "{OP}: packed q {:?} must be [1, {}, heads·head_dim]",
+                    q.shape(),
+                    tokens.rows()
+                )
+            }
+            let mask = Arc::new(tokens.key_mask());
+            (tokens.length(), Some(mask), Some(tokens.clone()))
+        }
+    };
     if !q_width.is_multiple_of(d) || !kv_width.is_multiple_of(d) || kv_width == 0 {
         bail!(
             "{OP}: q {:?} and k {:?} must be whole heads of head_dim {d}",
@@ -150,7 +177,7 @@ fn token_major_attention(
     let (hq, hkv) = (q_width / d, kv_width / d);
     check_head_groups(OP, hq, hkv)?;
     let attention = CausalAttention {
-        mask: key_mask(OP, mask, b, t)?,
+        mask,
         scale: scale as f32,
         dropout,
     };
@@ -160,6 +187,7 @@ fn token_major_attention(
         TokenMajorAttention {
             attention,
             rope: rope.cloned(),
+            packing,
             dims: Dims {
                 hq,
                 hkv,
@@ -176,6 +204,8 @@ struct TokenMajorAttention {
     attention: CausalAttention,
     /// LLaMA's rotary embedding of q and k, when given.
     rope: Option<RopeTables>,
+    /// The operands hold only these tokens ([`Keys::Packed`]).
+    packing: Option<PackedTokens>,
     dims: Dims,
 }
 
@@ -204,6 +234,39 @@ fn to_token_major(x: &[f32], t: usize, heads: usize, d: usize) -> Vec<f32> {
     swap_middle(x, heads, t, d)
 }
 
+/// Packed rows [n, H, D] → head-major [B, H, T, D], padding slots zero.
+fn packed_to_head_major(x: &[f32], tokens: &PackedTokens, heads: usize, d: usize) -> Vec<f32> {
+    let t = tokens.length();
+    let mut out = vec![0.0f32; tokens.batch() * heads * t * d];
+    out.par_chunks_mut(t * d)
+        .enumerate()
+        .for_each(|(batch_and_head, rows)| {
+            let (batch, head) = (batch_and_head / heads, batch_and_head % heads);
+            for (i, row) in rows.chunks_exact_mut(d).enumerate() {
+                let packed = tokens.row_of_slot(batch * t + i);
+                if packed != NO_ROW {
+                    row.copy_from_slice(&x[(packed as usize * heads + head) * d..][..d]);
+                }
+            }
+        });
+    out
+}
+
+/// Head-major [B, H, T, D] → packed rows [n, H, D] (padding slots dropped).
+fn head_major_to_packed(x: &[f32], tokens: &PackedTokens, heads: usize, d: usize) -> Vec<f32> {
+    let t = tokens.length();
+    let mut out = vec![0.0f32; tokens.rows() * heads * d];
+    out.par_chunks_mut(heads * d)
+        .zip(tokens.slots().par_iter())
+        .for_each(|(row, &slot)| {
+            let (batch, i) = (slot as usize / t, slot as usize % t);
+            for (head, part) in row.chunks_exact_mut(d).enumerate() {
+                part.copy_from_slice(&x[((batch * heads + head) * t + i) * d..][..d]);
+            }
+        });
+    out
+}
+
 impl TokenMajorAttention {
     fn rope(&self, inverse: bool) -> Option<Rope> {
         self.rope.as_ref().map(|tables| Rope {
@@ -213,17 +276,33 @@ impl TokenMajorAttention {
         })
     }
 
+    /// An operand (or its gradient) in the kernel's head-major layout.
+    fn to_kernel(&self, x: &[f32], heads: usize) -> Vec<f32> {
+        let Dims { tq: t, d, .. } = self.dims;
+        match &self.packing {
+            Some(tokens) => packed_to_head_major(x, tokens, heads, d),
+            None => to_head_major(x, t, heads, d),
+        }
+    }
+
+    /// A head-major result in the operands' layout.
+    fn from_kernel(&self, x: &[f32], heads: usize) -> Vec<f32> {
+        let Dims { tq: t, d, .. } = self.dims;
+        match &self.packing {
+            Some(tokens) => head_major_to_packed(x, tokens, heads, d),
+            None => to_token_major(x, t, heads, d),
+        }
+    }
+
     /// The head-major q, k (rotated, with rope) and v the attention kernel works on.
     fn head_major(&self, q: &[f32], k: &[f32], v: &[f32]) -> [Vec<f32>; 3] {
-        let Dims {
-            hq, hkv, tq: t, d, ..
-        } = self.dims;
-        let (q, k) = (to_head_major(q, t, hq, d), to_head_major(k, t, hkv, d));
+        let Dims { hq, hkv, tq: t, .. } = self.dims;
+        let (q, k) = (self.to_kernel(q, hq), self.to_kernel(k, hkv));
         let (q, k) = match self.rope(false) {
             Some(rope) => (rope.apply(&q, t), rope.apply(&k, t)),
             None => (q, k),
         };
-        [q, k, to_head_major(v, t, hkv, d)]
+        [q, k, self.to_kernel(v, hkv)]
     }
 }
 
@@ -248,9 +327,8 @@ impl CustomOp3 for TokenMajorAttention {
             slice_f32(name, v_storage, v_layout)?,
         );
         let out = self.attention.forward(self.dims, &q, &k, &v);
-        let Dims { hq, tq: t, d, .. } = self.dims;
         Ok((
-            CpuStorage::F32(to_token_major(&out, t, hq, d)),
+            CpuStorage::F32(self.from_kernel(&out, self.dims.hq)),
             q_layout.shape().clone(),
         ))
     }
@@ -267,24 +345,22 @@ impl CustomOp3 for TokenMajorAttention {
         grad_out: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let name = self.name();
-        let Dims {
-            hq, hkv, tq: t, d, ..
-        } = self.dims;
+        let Dims { hq, hkv, tq: t, .. } = self.dims;
         let (dq, dk, dv) = with_f32(name, q, |q| {
             with_f32(name, k, |k| {
                 with_f32(name, v, |v| {
                     with_f32(name, grad_out, |dout| {
                         let [q, k, v] = self.head_major(q, k, v);
-                        let dout = to_head_major(dout, t, hq, d);
+                        let dout = self.to_kernel(dout, hq);
                         let (dq, dk, dv) = self.attention.backward(self.dims, &q, &k, &v, &dout);
                         let (dq, dk) = match self.rope(true) {
                             Some(inverse) => (inverse.apply(&dq, t), inverse.apply(&dk, t)),
                             None => (dq, dk),
                         };
                         Ok((
-                            to_token_major(&dq, t, hq, d),
-                            to_token_major(&dk, t, hkv, d),
-                            to_token_major(&dv, t, hkv, d),
+                            self.from_kernel(&dq, hq),
+                            self.from_kernel(&dk, hkv),
+                            self.from_kernel(&dv, hkv),
                         ))
                     })
                 })
@@ -370,9 +446,10 @@ mod tests {
         }
     }
 
-    /// Against BERT's composed attention (split heads, Q Kᵀ, masked_softmax, dropout, · V,
-    /// merge heads): output and the gradients of q, k and v, with a padded row, without and
-    /// with dropout on the probabilities (the same masks from the same seed).
+    /// Against BERT's composed attention on the padded batch (split heads, Q Kᵀ,
+    /// masked_softmax, dropout, · V, merge heads): the real tokens' outputs and the gradients
+    /// of q, k and v through packing, with a padded row, without and with dropout on the
+    /// probabilities (the same masks from the same seed).
     #[test]
     fn bidirectional_equals_the_composed_bert_attention() {
         for probability in [0.0f32, 0.25] {
@@ -385,21 +462,26 @@ mod tests {
             let mut mask = vec![1.0f32; b * t];
             mask[t + 5..].fill(0.0); // the second row has 5 tokens
             let mask = Tensor::from_vec(mask, (b, t), device).unwrap();
-            let upstream = Tensor::randn(0f32, 1.0, (b, t, h * d), device).unwrap();
+            let tokens = PackedTokens::from_mask(&mask).unwrap();
+            let on_tokens = |x: &Tensor| x.broadcast_mul(&mask.unsqueeze(2).unwrap()).unwrap();
+            // Padding's outputs are not the op's business: no gradient flows from them.
+            let upstream = on_tokens(&Tensor::randn(0f32, 1.0, (b, t, h * d), device).unwrap());
             let dropout = AttentionDropout {
                 probability,
                 seed: 99,
             };
 
+            let pack = |x: &Var| tokens.pack(x.as_tensor()).unwrap();
             let fused = bidirectional_attention(
-                q.as_tensor(),
-                k.as_tensor(),
-                v.as_tensor(),
+                &pack(&q),
+                &pack(&k),
+                &pack(&v),
                 h,
-                &mask,
+                &tokens,
                 0.35,
                 Some(dropout),
             )
+            .and_then(|packed| tokens.unpack(&packed))
             .unwrap();
             let split = |x: &Tensor| {
                 x.reshape((b, t, h, d))
@@ -421,7 +503,10 @@ mod tests {
                 .unwrap()
                 .reshape((b, t, h * d))
                 .unwrap();
-            assert!(max_difference(&fused, &composed) < 1e-5, "p {probability}");
+            assert!(
+                max_difference(&fused, &on_tokens(&composed)) < 1e-5,
+                "p {probability}"
+            );
 
             let inputs = [q.as_tensor(), k.as_tensor(), v.as_tensor()];
             let fused = gradients(&fused, &upstream, inputs);
@@ -435,8 +520,8 @@ mod tests {
     fn bidirectional_refuses_bad_heads_and_dropout() {
         let device = &Device::Cpu;
         let x = Tensor::zeros((1, 3, 12), candle_core::DType::F32, device).unwrap();
-        let mask = Tensor::ones((1, 3), candle_core::DType::F32, device).unwrap();
-        let error = bidirectional_attention(&x, &x, &x, 5, &mask, 1.0, None)
+        let tokens = PackedTokens::dense(1, 3).unwrap();
+        let error = bidirectional_attention(&x, &x, &x, 5, &tokens, 1.0, None)
             .unwrap_err()
             .to_string();
         assert!(error.contains("does not split into 5 heads"), "{error}");
@@ -444,10 +529,15 @@ mod tests {
             probability: 1.0,
             seed: 0,
         };
-        let error = bidirectional_attention(&x, &x, &x, 3, &mask, 1.0, Some(dropout))
+        let error = bidirectional_attention(&x, &x, &x, 3, &tokens, 1.0, Some(dropout))
             .unwrap_err()
             .to_string();
         assert!(error.contains("not in [0, 1)"), "{error}");
+        let other = PackedTokens::dense(2, 3).unwrap();
+        let error = bidirectional_attention(&x, &x, &x, 3, &other, 1.0, None)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("must be [1, 6,"), "{error}");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! Shapes: b = batch, t = sequence length, H = hidden size, h = heads, d = H / h.
 
+use alpaca_kernels::PackedTokens;
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
@@ -260,7 +261,12 @@ impl BertModel {
     }
 
     /// input_ids, type_ids: [b, t] u32; attention_mask: [b, t] f32 (1 = token, 0 = padding).
-    /// Returns the last hidden states [b, t, H].
+    /// Returns the last hidden states [b, t, H], zeros at padding.
+    ///
+    /// Only the real tokens are computed: they are packed into [1, n, H] rows before the
+    /// embeddings and unpacked at the end (`PackedTokens`); attention alone needs the batch's
+    /// layout. Padding's states in transformers' padded computation are never read (masked as
+    /// keys, ignored by every head), so the tokens' states are the same.
     pub fn forward(
         &self,
         input_ids: &Tensor,
@@ -278,27 +284,38 @@ impl BertModel {
                 ),
             ));
         }
-        let positions = Tensor::arange(0u32, length as u32, input_ids.device())?
-            .unsqueeze(0)?
-            .broadcast_as((batch, length))?
-            .contiguous()?;
-        let hidden = (self.embeddings.words.forward(input_ids)?
+        if attention_mask.dims() != [batch, length] || type_ids.dims() != [batch, length] {
+            return Err(ModelError::Candle(candle_core::Error::Msg(format!(
+                "BERT: input_ids {:?}, token_type_ids {:?} and attention_mask {:?} must all be \
+                 [batch, length]",
+                input_ids.shape(),
+                type_ids.shape(),
+                attention_mask.shape()
+            ))));
+        }
+        let tokens = PackedTokens::from_mask(attention_mask)?;
+        // [1, n] ids of the real tokens → [1, n, H]
+        let positions = tokens.positions(input_ids.device())?;
+        let hidden = (self.embeddings.words.forward(&tokens.pack(input_ids)?)?
             + self.embeddings.positions.forward(&positions)?)?;
-        let hidden = (hidden + self.embeddings.token_types.forward(type_ids)?)?;
+        let hidden = (hidden
+            + self
+                .embeddings
+                .token_types
+                .forward(&tokens.pack(type_ids)?)?)?;
         let hidden = self.embeddings.layer_norm.forward(&hidden)?;
         let mut hidden = dropout(&hidden, self.config.hidden_dropout_prob, mode, 0)?;
         for (index, layer) in self.layers.iter().enumerate() {
-            hidden =
-                self.layer_forward(layer, &hidden, attention_mask, mode, 1 + 3 * index as u64)?;
+            hidden = self.layer_forward(layer, &hidden, &tokens, mode, 1 + 3 * index as u64)?;
         }
-        Ok(hidden)
+        Ok(tokens.unpack(&hidden)?)
     }
 
     fn layer_forward(
         &self,
         layer: &Layer,
         x: &Tensor,
-        attention_mask: &Tensor,
+        tokens: &PackedTokens,
         mode: Mode,
         site: u64,
     ) -> Result<Tensor> {
@@ -316,13 +333,13 @@ impl BertModel {
                 probability: probability as f32,
                 seed: mode.site_seed(site),
             });
-        // context [b, t, H]: one op on the projections' layout (docs/engine.md)
+        // context [1, n, H]: one op on the projections' packed layout (docs/engine.md)
         let context = alpaca_kernels::bidirectional_attention(
             &query,
             &key,
             &value,
             heads,
-            attention_mask,
+            tokens,
             scale,
             probabilities_dropout,
         )?;

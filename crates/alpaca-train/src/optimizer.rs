@@ -97,7 +97,8 @@ impl AdamW {
     }
 
     /// Applies one update. `gradients[i]` belongs to the i-th parameter (None = no gradient,
-    /// parameter left as is). Gradients are scaled by `gradient_scale` (clipping) on the fly.
+    /// parameter left as is). Gradients are scaled by `gradient_scale` (clipping) inside the
+    /// update, not copied scaled.
     pub fn step(
         &mut self,
         gradients: &[Option<Tensor>],
@@ -109,13 +110,6 @@ impl AdamW {
             let Some(gradient) = &gradients[index] else {
                 continue;
             };
-            let scaled;
-            let gradient = if gradient_scale != 1.0 {
-                scaled = gradient.affine(gradient_scale, 0.0)?;
-                &scaled
-            } else {
-                gradient
-            };
             let params = AdamWParams {
                 learning_rate,
                 beta1: self.beta1,
@@ -123,6 +117,7 @@ impl AdamW {
                 epsilon: self.epsilon,
                 weight_decay: if decays(name) { self.weight_decay } else { 0.0 },
                 step: self.step,
+                gradient_scale,
             };
             adamw_step(
                 var.as_tensor(),
