@@ -6,6 +6,7 @@
 //!   m ← β1 m + (1−β1) g;   v ← β2 v + (1−β2) g²
 //!   p ← p − lr · (m / (1−β1^t)) / (sqrt(v / (1−β2^t)) + ε)
 
+use crate::embedding::RowGradient;
 use crate::util::{check_f32_cpu, with_f32};
 use candle_core::{bail, CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Tensor};
 use rayon::prelude::*;
@@ -113,6 +114,30 @@ impl InplaceOp2 for AdamW<'_> {
             .lock()
             .map_err(|_| candle_core::Error::Msg(format!("{name}: state lock poisoned")))?;
         let (m, v) = &mut *guard;
+        let update = Update::new(self.params);
+        p.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((p, g), m), v)| update.apply(p, Some(g), m, v));
+        Ok(())
+    }
+}
+
+/// The per-element update with its step's scalars folded as torch does:
+/// p -= step_size · m / (sqrt(v)/sqrt(bc2) + eps).
+struct Update {
+    decay: f32,
+    step_size: f32,
+    inv_sqrt_bc2: f32,
+    b1: f32,
+    b2: f32,
+    eps: f32,
+    scale: f32,
+}
+
+impl Update {
+    fn new(params: AdamWParams) -> Self {
         let AdamWParams {
             learning_rate: lr,
             beta1: b1,
@@ -121,36 +146,201 @@ impl InplaceOp2 for AdamW<'_> {
             weight_decay: wd,
             step,
             gradient_scale,
-        } = self.params;
+        } = params;
         let t = step.min(i32::MAX as u64) as i32;
         let bc1 = 1.0 - b1.powi(t);
         let bc2 = 1.0 - b2.powi(t);
-        // Scalars folded as torch does: p -= step_size · m / (sqrt(v)/sqrt(bc2) + eps).
-        let decay = (1.0 - lr * wd) as f32;
-        let step_size = (lr / bc1) as f32;
-        let inv_sqrt_bc2 = (1.0 / bc2.sqrt()) as f32;
-        let (b1, b2, eps) = (b1 as f32, b2 as f32, eps as f32);
+        Self {
+            decay: (1.0 - lr * wd) as f32,
+            step_size: (lr / bc1) as f32,
+            inv_sqrt_bc2: (1.0 / bc2.sqrt()) as f32,
+            b1: b1 as f32,
+            b2: b2 as f32,
+            eps: eps as f32,
+            scale: gradient_scale as f32,
+        }
+    }
+
+    /// Updates p, m, v in place; `g` None is a zero gradient (the same numbers as zeros).
+    fn apply(&self, p: &mut [f32], g: Option<&[f32]>, m: &mut [f32], v: &mut [f32]) {
+        let Self {
+            decay,
+            step_size,
+            inv_sqrt_bc2,
+            b1,
+            b2,
+            eps,
+            scale,
+        } = *self;
         let (c1, c2) = (1.0 - b1, 1.0 - b2);
-        let scale = gradient_scale as f32;
-        p.par_chunks_mut(CHUNK)
-            .zip(g.par_chunks(CHUNK))
-            .zip(m.par_chunks_mut(CHUNK))
-            .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((p, g), m), v)| {
-                crate::math::simd(
-                    #[inline(always)]
-                    || {
-                        for (((p, &g), m), v) in
-                            p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
-                        {
-                            let g = g * scale;
-                            *m = b1 * *m + c1 * g;
-                            *v = b2 * *v + c2 * g * g;
-                            let denom = v.sqrt() * inv_sqrt_bc2 + eps;
-                            *p = *p * decay - step_size * *m / denom;
-                        }
-                    },
-                )
+        match g {
+            Some(g) => crate::math::simd(
+                #[inline(always)]
+                || {
+                    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut())
+                    {
+                        let g = g * scale;
+                        *m = b1 * *m + c1 * g;
+                        *v = b2 * *v + c2 * g * g;
+                        let denom = v.sqrt() * inv_sqrt_bc2 + eps;
+                        *p = *p * decay - step_size * *m / denom;
+                    }
+                },
+            ),
+            None => crate::math::simd(
+                #[inline(always)]
+                || {
+                    for ((p, m), v) in p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()) {
+                        *m *= b1;
+                        *v *= b2;
+                        let denom = v.sqrt() * inv_sqrt_bc2 + eps;
+                        *p = *p * decay - step_size * *m / denom;
+                    }
+                },
+            ),
+        }
+    }
+}
+
+/// A parameter's gradient: a tensor of its shape, or the touched rows of a table
+/// ([`crate::embedding`]).
+#[derive(Debug, Clone)]
+pub enum Gradient {
+    Dense(Tensor),
+    Rows(RowGradient),
+}
+
+impl Gradient {
+    /// Σ g² (f64).
+    pub fn squared_norm(&self) -> Result<f64> {
+        match self {
+            Gradient::Dense(tensor) => squared_norm(tensor),
+            Gradient::Rows(rows) => Ok(rows.squared_norm()),
+        }
+    }
+
+    /// The sum of two gradients of one parameter (dense if either is).
+    pub fn add(&self, other: &Gradient) -> Result<Gradient> {
+        Ok(match (self, other) {
+            (Gradient::Rows(a), Gradient::Rows(b)) => Gradient::Rows(a.add(b)?),
+            (a, b) => Gradient::Dense((a.to_dense()? + b.to_dense()?)?),
+        })
+    }
+
+    pub fn to_dense(&self) -> Result<Tensor> {
+        match self {
+            Gradient::Dense(tensor) => Ok(tensor.clone()),
+            Gradient::Rows(rows) => rows.to_dense(),
+        }
+    }
+}
+
+/// [`adamw_step`] for either kind of [`Gradient`].
+pub fn adamw_step_gradient(
+    param: &Tensor,
+    gradient: &Gradient,
+    m: &mut [f32],
+    v: &mut [f32],
+    params: AdamWParams,
+) -> Result<()> {
+    match gradient {
+        Gradient::Dense(grad) => adamw_step(param, grad, m, v, params),
+        Gradient::Rows(rows) => adamw_step_rows(param, rows, m, v, params),
+    }
+}
+
+/// One AdamW update of a table `param` [V, H] whose gradient is zero outside `gradient.rows`:
+/// every row is updated (the moments of the others decay, as with a dense zero gradient),
+/// but no dense gradient is read.
+pub fn adamw_step_rows(
+    param: &Tensor,
+    gradient: &RowGradient,
+    m: &mut [f32],
+    v: &mut [f32],
+    params: AdamWParams,
+) -> Result<()> {
+    const OP: &str = "adamw_step_rows";
+    check_f32_cpu(OP, "param", param)?;
+    if !param.is_contiguous() {
+        bail!("{OP}: param must be contiguous (it is updated in place)")
+    }
+    let (table_rows, width) = (gradient.table_rows, gradient.width);
+    let n = param.elem_count();
+    if param.dims() != [table_rows, width] || m.len() != n || v.len() != n {
+        bail!(
+            "{OP}: sizes differ: param {:?}, gradient of [{table_rows}, {width}], m {}, v {}",
+            param.shape(),
+            m.len(),
+            v.len()
+        )
+    }
+    if gradient
+        .rows
+        .last()
+        .is_some_and(|&row| row as usize >= table_rows)
+        || gradient.values.len() != gradient.rows.len() * width
+    {
+        bail!("{OP}: the gradient's rows do not fit the [{table_rows}, {width}] table")
+    }
+    if params.step == 0 {
+        bail!("{OP}: step is 1-based, got 0")
+    }
+    param.inplace_op1(&AdamWRows {
+        state: Mutex::new((m, v)),
+        gradient,
+        params,
+    })
+}
+
+struct AdamWRows<'a> {
+    state: Mutex<(&'a mut [f32], &'a mut [f32])>,
+    gradient: &'a RowGradient,
+    params: AdamWParams,
+}
+
+impl InplaceOp1 for AdamWRows<'_> {
+    fn name(&self) -> &'static str {
+        "alpaca-adamw-rows"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let name = self.name();
+        let Some((start, end)) = layout.contiguous_offsets() else {
+            bail!("{name}: param not contiguous")
+        };
+        let CpuStorage::F32(values) = storage else {
+            bail!("{name}: param must be f32")
+        };
+        let p = &mut values[start..end];
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| candle_core::Error::Msg(format!("{name}: state lock poisoned")))?;
+        let (m, v) = &mut *guard;
+        let gradient = self.gradient;
+        let width = gradient.width;
+        // The gradient row of each table row, if any.
+        let mut position = vec![u32::MAX; gradient.table_rows];
+        for (index, &row) in gradient.rows.iter().enumerate() {
+            position[row as usize] = index as u32;
+        }
+        let update = Update::new(self.params);
+        let rows_per_chunk = (CHUNK / width.max(1)).max(1);
+        p.par_chunks_mut(rows_per_chunk * width)
+            .zip(m.par_chunks_mut(rows_per_chunk * width))
+            .zip(v.par_chunks_mut(rows_per_chunk * width))
+            .zip(position.par_chunks(rows_per_chunk))
+            .for_each(|(((p, m), v), positions)| {
+                for (((p, m), v), &at) in p
+                    .chunks_mut(width)
+                    .zip(m.chunks_mut(width))
+                    .zip(v.chunks_mut(width))
+                    .zip(positions)
+                {
+                    let g =
+                        (at != u32::MAX).then(|| &gradient.values[at as usize * width..][..width]);
+                    update.apply(p, g, m, v);
+                }
             });
         Ok(())
     }

@@ -14,6 +14,7 @@ pub mod bf16_gemm;
 pub mod causal_attention;
 pub mod cross_entropy;
 pub mod dropout;
+pub mod embedding;
 mod few_rows;
 pub mod frozen_head_loss;
 pub mod frozen_linear;
@@ -31,10 +32,14 @@ pub mod softmax;
 pub mod token_major_attention;
 pub(crate) mod util;
 
-pub use adamw::{adamw_step, scale_in_place, squared_norm, AdamWParams};
+pub use adamw::{
+    adamw_step, adamw_step_gradient, adamw_step_rows, scale_in_place, squared_norm, AdamWParams,
+    Gradient,
+};
 pub use causal_attention::causal_attention;
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
+pub use embedding::{embedding, RowGradient, RowGradientSink};
 pub use frozen_head_loss::frozen_head_cross_entropy;
 pub use frozen_linear::{frozen_linear, FrozenWeight};
 pub use gelu::{bias_gelu, gelu};

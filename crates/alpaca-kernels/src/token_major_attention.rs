@@ -277,7 +277,7 @@ impl TokenMajorAttention {
     }
 
     /// An operand (or its gradient) in the kernel's head-major layout.
-    fn to_kernel(&self, x: &[f32], heads: usize) -> Vec<f32> {
+    fn to_kernel_layout(&self, x: &[f32], heads: usize) -> Vec<f32> {
         let Dims { tq: t, d, .. } = self.dims;
         match &self.packing {
             Some(tokens) => packed_to_head_major(x, tokens, heads, d),
@@ -286,7 +286,7 @@ impl TokenMajorAttention {
     }
 
     /// A head-major result in the operands' layout.
-    fn from_kernel(&self, x: &[f32], heads: usize) -> Vec<f32> {
+    fn to_operand_layout(&self, x: &[f32], heads: usize) -> Vec<f32> {
         let Dims { tq: t, d, .. } = self.dims;
         match &self.packing {
             Some(tokens) => head_major_to_packed(x, tokens, heads, d),
@@ -297,12 +297,12 @@ impl TokenMajorAttention {
     /// The head-major q, k (rotated, with rope) and v the attention kernel works on.
     fn head_major(&self, q: &[f32], k: &[f32], v: &[f32]) -> [Vec<f32>; 3] {
         let Dims { hq, hkv, tq: t, .. } = self.dims;
-        let (q, k) = (self.to_kernel(q, hq), self.to_kernel(k, hkv));
+        let (q, k) = (self.to_kernel_layout(q, hq), self.to_kernel_layout(k, hkv));
         let (q, k) = match self.rope(false) {
             Some(rope) => (rope.apply(&q, t), rope.apply(&k, t)),
             None => (q, k),
         };
-        [q, k, self.to_kernel(v, hkv)]
+        [q, k, self.to_kernel_layout(v, hkv)]
     }
 }
 
@@ -328,7 +328,7 @@ impl CustomOp3 for TokenMajorAttention {
         );
         let out = self.attention.forward(self.dims, &q, &k, &v);
         Ok((
-            CpuStorage::F32(self.from_kernel(&out, self.dims.hq)),
+            CpuStorage::F32(self.to_operand_layout(&out, self.dims.hq)),
             q_layout.shape().clone(),
         ))
     }
@@ -351,16 +351,16 @@ impl CustomOp3 for TokenMajorAttention {
                 with_f32(name, v, |v| {
                     with_f32(name, grad_out, |dout| {
                         let [q, k, v] = self.head_major(q, k, v);
-                        let dout = self.to_kernel(dout, hq);
+                        let dout = self.to_kernel_layout(dout, hq);
                         let (dq, dk, dv) = self.attention.backward(self.dims, &q, &k, &v, &dout);
                         let (dq, dk) = match self.rope(true) {
                             Some(inverse) => (inverse.apply(&dq, t), inverse.apply(&dk, t)),
                             None => (dq, dk),
                         };
                         Ok((
-                            self.from_kernel(&dq, hq),
-                            self.from_kernel(&dk, hkv),
-                            self.from_kernel(&dv, hkv),
+                            self.to_operand_layout(&dq, hq),
+                            self.to_operand_layout(&dk, hkv),
+                            self.to_operand_layout(&dv, hkv),
                         ))
                     })
                 })

@@ -1,5 +1,7 @@
 mod common;
-use alpaca_kernels::{adamw_step, scale_in_place, squared_norm, AdamWParams};
+use alpaca_kernels::{
+    adamw_step, adamw_step_rows, scale_in_place, squared_norm, AdamWParams, RowGradient,
+};
 use candle_core::{Device, Tensor, Var};
 use common::*;
 
@@ -78,6 +80,58 @@ fn rejects_bad_input() {
     // non-contiguous grad is fine
     let gt = rand_tensor(&[4, 4], 1, 1.0).t().unwrap();
     adamw_step(&p, &gt, &mut m, &mut v, AdamWParams::default()).unwrap();
+}
+
+/// A table whose gradient touches a few rows: the row update equals the dense update with
+/// that gradient's zeros, element for element, over steps where the touched rows change (so
+/// untouched rows carry moments from earlier steps).
+#[test]
+fn row_gradients_update_as_their_dense_gradient() {
+    let (rows, width) = (1_000, 48); // > one parallel chunk
+    let p0 = rand_vec(rows * width, 3, 1.0);
+    let table = |p: &[f32]| Tensor::from_vec(p.to_vec(), (rows, width), &Device::Cpu).unwrap();
+    let (dense, sparse) = (
+        Var::from_tensor(&table(&p0)).unwrap(),
+        Var::from_tensor(&table(&p0)).unwrap(),
+    );
+    let zeros = || vec![0.0f32; rows * width];
+    let (mut dense_m, mut dense_v, mut sparse_m, mut sparse_v) =
+        (zeros(), zeros(), zeros(), zeros());
+    for step in 1..=3u64 {
+        let ids: Vec<u32> = match step {
+            1 => vec![5, 999, 5, 17],
+            2 => vec![0, 17, 400],
+            _ => vec![3],
+        };
+        let upstream = rand_vec(ids.len() * width, 20 + step, 0.5);
+        let gradient = RowGradient::from_lookup(rows, width, &ids, &upstream);
+        let h = AdamWParams {
+            learning_rate: 1e-2,
+            weight_decay: 0.01,
+            step,
+            gradient_scale: 0.5,
+            ..Default::default()
+        };
+        let full = gradient.to_dense().unwrap();
+        adamw_step(dense.as_tensor(), &full, &mut dense_m, &mut dense_v, h).unwrap();
+        adamw_step_rows(
+            sparse.as_tensor(),
+            &gradient,
+            &mut sparse_m,
+            &mut sparse_v,
+            h,
+        )
+        .unwrap();
+    }
+    assert_eq!(flat(dense.as_tensor()), flat(sparse.as_tensor()));
+    assert_eq!(dense_m, sparse_m);
+    assert_eq!(dense_v, sparse_v);
+    assert_ne!(flat(dense.as_tensor()), p0);
+
+    // A gradient of another table is refused.
+    let other = RowGradient::from_lookup(rows + 1, width, &[rows as u32], &vec![1.0; width]);
+    let h = AdamWParams::default();
+    assert!(adamw_step_rows(sparse.as_tensor(), &other, &mut sparse_m, &mut sparse_v, h).is_err());
 }
 
 #[test]

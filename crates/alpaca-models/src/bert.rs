@@ -136,15 +136,17 @@ impl BertModel {
         let hidden = config.hidden_size;
         let init = config.initializer_range;
         let eps = config.layer_norm_eps;
+        let words_name = format!("{prefix}.embeddings.word_embeddings.weight");
         let embeddings = Embeddings {
             words: Embedding::load_with_padding(
                 loader,
-                &format!("{prefix}.embeddings.word_embeddings.weight"),
+                &words_name,
                 config.vocab_size,
                 hidden,
                 init,
                 Some(config.pad_token_id as usize),
-            )?,
+            )?
+            .with_row_gradients(loader, &words_name),
             positions: Embedding::load(
                 loader,
                 &format!("{prefix}.embeddings.position_embeddings.weight"),

@@ -112,9 +112,11 @@ impl LayerNorm {
     }
 }
 
-/// A lookup table `[count, size]`; its gradient is a scatter-add (candle's index_select).
+/// A lookup table `[count, size]`; its gradient is a scatter-add (candle's index_select), or
+/// with a row-gradient sink the touched rows ([`Embedding::with_row_gradients`]).
 pub struct Embedding {
     pub weight: Var,
+    row_gradients: Option<alpaca_kernels::RowGradientSink>,
 }
 
 impl Embedding {
@@ -148,11 +150,27 @@ impl Embedding {
         };
         Ok(Self {
             weight: loader.take(name, &[count, size], init)?,
+            row_gradients: None,
         })
+    }
+
+    /// Makes the lookup's table gradient the rows it touched, reported by
+    /// [`crate::Parameters::gradients`]: for large vocabularies, where the dense gradient is
+    /// most of the cost (alpaca_kernels::embedding).
+    pub fn with_row_gradients(mut self, loader: &mut WeightLoader, name: &str) -> Self {
+        self.row_gradients = loader.row_gradient_sink(name);
+        self
     }
 
     /// ids: [b, t] u32 → [b, t, size]
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        if let Some(sink) = &self.row_gradients {
+            return Ok(alpaca_kernels::embedding(
+                self.weight.as_tensor(),
+                ids,
+                sink,
+            )?);
+        }
         let (batch, length) = ids.dims2()?;
         let flat = ids.flatten_all()?;
         let rows = self.weight.as_tensor().index_select(&flat, 0)?;

@@ -5,12 +5,17 @@
 
 use std::collections::HashMap;
 
+use alpaca_kernels::{Gradient, RowGradientSink};
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
+/// Clones share the row-gradient sinks (the optimiser keeps a clone).
 #[derive(Default, Clone)]
 pub struct Parameters {
     entries: Vec<(String, Var)>,
     index: HashMap<String, usize>,
+    /// Lookup tables whose lookups leave their gradient as rows here, by entry.
+    row_sinks: HashMap<usize, RowGradientSink>,
 }
 
 impl Parameters {
@@ -21,6 +26,49 @@ impl Parameters {
             self.index.insert(name.clone(), self.entries.len());
             self.entries.push((name, var));
         }
+    }
+
+    /// A sink for the row gradients of table `name`'s lookups ([`alpaca_kernels::embedding`]),
+    /// whose rows [`Parameters::gradients`] then reports. None if there is no such parameter.
+    pub fn row_gradient_sink(&mut self, name: &str) -> Option<RowGradientSink> {
+        let position = *self.index.get(name)?;
+        Some(self.row_sinks.entry(position).or_default().clone())
+    }
+
+    /// Every parameter's gradient after a backward pass, in order: what `store` holds, or
+    /// for lookup tables the rows their lookups left (taken from the sinks, so each backward
+    /// pass is reported once), summed when there are both (a tied table).
+    pub fn gradients(&self, store: &GradStore) -> candle_core::Result<Vec<Option<Gradient>>> {
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(position, (_, var))| {
+                let dense = store.get(var.as_tensor()).cloned().map(Gradient::Dense);
+                let rows = self
+                    .row_sinks
+                    .get(&position)
+                    .and_then(|sink| sink.take())
+                    .map(Gradient::Rows);
+                Ok(match (dense, rows) {
+                    (Some(dense), Some(rows)) => Some(dense.add(&rows)?),
+                    (dense, rows) => dense.or(rows),
+                })
+            })
+            .collect()
+    }
+
+    /// [`Parameters::gradients`] by name (tests and diagnostics).
+    pub fn gradients_by_name(
+        &self,
+        store: &GradStore,
+    ) -> candle_core::Result<HashMap<String, Gradient>> {
+        let gradients = self.gradients(store)?;
+        Ok(self
+            .entries
+            .iter()
+            .zip(gradients)
+            .filter_map(|((name, _), gradient)| Some((name.clone(), gradient?)))
+            .collect())
     }
 
     pub fn get(&self, name: &str) -> Option<&Var> {

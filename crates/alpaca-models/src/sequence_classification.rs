@@ -270,12 +270,17 @@ mod tests {
         assert_eq!(logits.dims(), [2, 3]);
         let targets = Tensor::from_slice(&[1i64, 2], 2, &candle_core::Device::Cpu).unwrap();
         let loss = alpaca_kernels::cross_entropy(&logits, &targets, -100).unwrap();
-        let gradients = loss.backward().unwrap();
-        for (name, var) in model.parameters.iter() {
+        let mut gradients = model
+            .parameters
+            .gradients_by_name(&loss.backward().unwrap())
+            .unwrap();
+        for (name, _) in model.parameters.iter() {
             let gradient = gradients
-                .get(var.as_tensor())
+                .remove(name)
                 .unwrap_or_else(|| panic!("{name} has no gradient"));
             let largest = gradient
+                .to_dense()
+                .unwrap()
                 .abs()
                 .unwrap()
                 .flatten_all()

@@ -39,18 +39,15 @@ fn every_parameter_receives_a_nonzero_gradient() {
     let logits = model.forward(&ids, &types, &mask, Mode::train(3)).unwrap();
     let flat = logits.reshape((12, 3)).unwrap();
     let loss = alpaca_kernels::cross_entropy(&flat, &targets, -100).unwrap();
-    let gradients = loss.backward().unwrap();
-    for (name, var) in model.parameters.iter() {
+    let mut gradients = model
+        .parameters
+        .gradients_by_name(&loss.backward().unwrap())
+        .unwrap();
+    for (name, _) in model.parameters.iter() {
         let gradient = gradients
-            .get(var.as_tensor())
+            .remove(name)
             .unwrap_or_else(|| panic!("{name} has no gradient: the graph is cut somewhere"));
-        let norm = gradient
-            .sqr()
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let norm = gradient.squared_norm().unwrap();
         assert!(norm > 0.0, "{name} has an all-zero gradient");
     }
     // The model has every parameter transformers' BertForTokenClassification has (no pooler).

@@ -132,11 +132,7 @@ pub fn run_step_bench(options: &StepBenchOptions) -> Result<StepBenchResult> {
             -100,
         )?;
         let forward_done = started.elapsed().as_secs_f64();
-        let gradients = loss.backward()?;
-        let gradients: Vec<Option<Tensor>> = optimizer
-            .parameters()
-            .map(|v| gradients.get(v.as_tensor()).cloned())
-            .collect();
+        let gradients = optimizer.gradients(&loss.backward()?)?;
         let backward_done = started.elapsed().as_secs_f64();
         optimizer.step(&gradients, 5e-5, 1.0)?;
         final_loss = loss.to_scalar::<f32>()?;

@@ -12,6 +12,7 @@ use serde_json::json;
 
 use crate::optimizer::{clip_scale, global_norm, AdamW};
 use crate::schedule::Schedule;
+use alpaca_kernels::Gradient;
 
 /// The knobs of the loop that come from the run config.
 #[derive(Debug, Clone, Copy)]
@@ -49,7 +50,7 @@ pub fn train_epoch(
     let bar = progress_bar(order.len() as u64, &format!("epoch {}", settings.epoch));
     let mut throughput = Throughput::new();
     let started = Instant::now();
-    let mut accumulated: Vec<Option<Tensor>> = vec![None; optimizer.parameters().count()];
+    let mut accumulated: Vec<Option<Gradient>> = vec![None; optimizer.parameters().count()];
     let mut pending = 0usize;
     let (mut epoch_loss, mut epoch_batches) = (0.0f64, 0usize);
     let mut window_loss = (0.0f64, 0usize);
@@ -63,16 +64,15 @@ pub fn train_epoch(
         } else {
             loss
         };
-        let gradients = scaled.backward()?;
-        for (slot, var) in accumulated.iter_mut().zip(optimizer.parameters()) {
-            if let Some(gradient) = gradients.get(var.as_tensor()) {
+        let gradients = optimizer.gradients(&scaled.backward()?)?;
+        for (slot, gradient) in accumulated.iter_mut().zip(gradients) {
+            if let Some(gradient) = gradient {
                 *slot = Some(match slot.take() {
-                    Some(sum) => (sum + gradient)?,
-                    None => gradient.clone(),
+                    Some(sum) => sum.add(&gradient)?,
+                    None => gradient,
                 });
             }
         }
-        drop(gradients);
         pending += 1;
         epoch_loss += loss_value;
         epoch_batches += 1;

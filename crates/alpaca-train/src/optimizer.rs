@@ -1,7 +1,8 @@
 //! AdamW over named parameters, with HF's decay groups and global-norm gradient clipping.
 
-use alpaca_kernels::adamw::{adamw_step, squared_norm, AdamWParams};
+use alpaca_kernels::adamw::{adamw_step_gradient, AdamWParams, Gradient};
 use alpaca_models::Parameters;
+use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
 /// transformers' Trainer puts biases and LayerNorm weights in the no-decay group.
@@ -10,6 +11,8 @@ pub fn decays(name: &str) -> bool {
 }
 
 pub struct AdamW {
+    /// The model's registry (sharing its row-gradient sinks), for [`AdamW::gradients`].
+    registry: Parameters,
     parameters: Vec<(String, Var)>,
     first_moments: Vec<Vec<f32>>,
     second_moments: Vec<Vec<f32>>,
@@ -21,13 +24,14 @@ pub struct AdamW {
 }
 
 impl AdamW {
-    pub fn new(parameters: &Parameters, weight_decay: f64) -> Self {
-        let parameters: Vec<(String, Var)> = parameters
+    pub fn new(registry: &Parameters, weight_decay: f64) -> Self {
+        let parameters: Vec<(String, Var)> = registry
             .iter()
             .map(|(n, v)| (n.to_string(), v.clone()))
             .collect();
         let zeros = |v: &Var| vec![0f32; v.elem_count()];
         Self {
+            registry: registry.clone(),
             first_moments: parameters.iter().map(|(_, v)| zeros(v)).collect(),
             second_moments: parameters.iter().map(|(_, v)| zeros(v)).collect(),
             parameters,
@@ -41,6 +45,12 @@ impl AdamW {
 
     pub fn parameters(&self) -> impl Iterator<Item = &Var> {
         self.parameters.iter().map(|(_, v)| v)
+    }
+
+    /// Each parameter's gradient from a backward pass, in the order [`AdamW::step`] takes
+    /// (lookup tables' as rows: [`Parameters::gradients`]).
+    pub fn gradients(&self, store: &GradStore) -> candle_core::Result<Vec<Option<Gradient>>> {
+        self.registry.gradients(store)
     }
 
     /// The moment estimates as named tensors (`exp_avg.<param>`, `exp_avg_sq.<param>`, torch's
@@ -101,7 +111,7 @@ impl AdamW {
     /// update, not copied scaled.
     pub fn step(
         &mut self,
-        gradients: &[Option<Tensor>],
+        gradients: &[Option<Gradient>],
         learning_rate: f64,
         gradient_scale: f64,
     ) -> candle_core::Result<()> {
@@ -119,7 +129,7 @@ impl AdamW {
                 step: self.step,
                 gradient_scale,
             };
-            adamw_step(
+            adamw_step_gradient(
                 var.as_tensor(),
                 gradient,
                 &mut self.first_moments[index],
@@ -132,10 +142,10 @@ impl AdamW {
 }
 
 /// The L2 norm of all gradients together (what `clip_grad_norm_` returns).
-pub fn global_norm(gradients: &[Option<Tensor>]) -> candle_core::Result<f64> {
+pub fn global_norm(gradients: &[Option<Gradient>]) -> candle_core::Result<f64> {
     let mut total = 0.0;
     for gradient in gradients.iter().flatten() {
-        total += squared_norm(gradient)?;
+        total += gradient.squared_norm()?;
     }
     Ok(total.sqrt())
 }
