@@ -6,7 +6,7 @@
 //!   m ← β1 m + (1−β1) g;   v ← β2 v + (1−β2) g²
 //!   p ← p − lr · (m / (1−β1^t)) / (sqrt(v / (1−β2^t)) + ε)
 
-use crate::embedding::RowGradient;
+use crate::gradient::{Gradient, RowGradient};
 use crate::util::{check_f32_cpu, with_f32};
 use candle_core::{bail, CpuStorage, InplaceOp1, InplaceOp2, Layout, Result, Tensor};
 use rayon::prelude::*;
@@ -198,39 +198,6 @@ impl Update {
                     }
                 },
             ),
-        }
-    }
-}
-
-/// A parameter's gradient: a tensor of its shape, or the touched rows of a table
-/// ([`crate::embedding`]).
-#[derive(Debug, Clone)]
-pub enum Gradient {
-    Dense(Tensor),
-    Rows(RowGradient),
-}
-
-impl Gradient {
-    /// Σ g² (f64).
-    pub fn squared_norm(&self) -> Result<f64> {
-        match self {
-            Gradient::Dense(tensor) => squared_norm(tensor),
-            Gradient::Rows(rows) => Ok(rows.squared_norm()),
-        }
-    }
-
-    /// The sum of two gradients of one parameter (dense if either is).
-    pub fn add(&self, other: &Gradient) -> Result<Gradient> {
-        Ok(match (self, other) {
-            (Gradient::Rows(a), Gradient::Rows(b)) => Gradient::Rows(a.add(b)?),
-            (a, b) => Gradient::Dense((a.to_dense()? + b.to_dense()?)?),
-        })
-    }
-
-    pub fn to_dense(&self) -> Result<Tensor> {
-        match self {
-            Gradient::Dense(tensor) => Ok(tensor.clone()),
-            Gradient::Rows(rows) => rows.to_dense(),
         }
     }
 }

@@ -5,126 +5,21 @@
 //! (`index_add` copies its destination), another zero-fill and an add when the gradient store
 //! accumulates it, then a read for the clipping norm and one more in AdamW — ~11% of a CoNLL
 //! step. Here the op's backward sums the output's gradient into the touched rows (sorted,
-//! unique) and hands them to a [`RowGradientSink`] the model owns; candle sees no gradient
-//! for the table. The optimiser applies the rows ([`crate::adamw::adamw_step_rows`]): the
+//! unique) and hands them to a [`GradientSink`] the model owns; candle sees no gradient for
+//! the table. The optimiser applies the rows ([`crate::adamw::adamw_step_rows`]): the
 //! same update as for the dense gradient, whose other rows are zero.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
-
-/// The gradient of a [V, H] table that is zero outside `rows`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RowGradient {
-    /// V, the table's row count.
-    pub table_rows: usize,
-    /// H, the row width.
-    pub width: usize,
-    /// The rows with a gradient, ascending and unique.
-    pub rows: Vec<u32>,
-    /// Their gradients, [rows.len(), H].
-    pub values: Vec<f32>,
-}
-
-impl RowGradient {
-    /// Σ over `ids` of `gradients`' rows: the table gradient of a lookup of `ids` whose
-    /// output [ids.len(), H] received `gradients`.
-    pub fn from_lookup(table_rows: usize, width: usize, ids: &[u32], gradients: &[f32]) -> Self {
-        let mut sums: BTreeMap<u32, Vec<f32>> = BTreeMap::new();
-        for (&id, gradient) in ids.iter().zip(gradients.chunks_exact(width)) {
-            let sum = sums.entry(id).or_insert_with(|| vec![0.0; width]);
-            for (s, &g) in sum.iter_mut().zip(gradient) {
-                *s += g;
-            }
-        }
-        let rows = sums.keys().copied().collect();
-        Self {
-            table_rows,
-            width,
-            rows,
-            values: sums.into_values().flatten().collect(),
-        }
-    }
-
-    /// The sum of two gradients of the same table.
-    pub fn add(&self, other: &RowGradient) -> Result<RowGradient> {
-        if (self.table_rows, self.width) != (other.table_rows, other.width) {
-            bail!(
-                "row gradients of [{}, {}] and [{}, {}] tables do not add",
-                self.table_rows,
-                self.width,
-                other.table_rows,
-                other.width
-            )
-        }
-        let width = self.width;
-        let mut sums: BTreeMap<u32, Vec<f32>> = BTreeMap::new();
-        for gradient in [self, other] {
-            for (&row, values) in gradient
-                .rows
-                .iter()
-                .zip(gradient.values.chunks_exact(width))
-            {
-                let sum = sums.entry(row).or_insert_with(|| vec![0.0; width]);
-                for (s, &v) in sum.iter_mut().zip(values) {
-                    *s += v;
-                }
-            }
-        }
-        Ok(Self {
-            table_rows: self.table_rows,
-            width,
-            rows: sums.keys().copied().collect(),
-            values: sums.into_values().flatten().collect(),
-        })
-    }
-
-    /// Σ g² (f64), as the dense gradient's.
-    pub fn squared_norm(&self) -> f64 {
-        self.values.iter().map(|&g| (g as f64) * (g as f64)).sum()
-    }
-
-    /// The dense [V, H] tensor (tests, and adding to a dense gradient of a tied table).
-    pub fn to_dense(&self) -> Result<Tensor> {
-        let mut dense = vec![0.0f32; self.table_rows * self.width];
-        for (&row, values) in self.rows.iter().zip(self.values.chunks_exact(self.width)) {
-            dense[row as usize * self.width..][..self.width].copy_from_slice(values);
-        }
-        tensor_from(dense, (self.table_rows, self.width))
-    }
-}
-
-/// Where a lookup's backward leaves its table gradient, summed over backward passes until
-/// [`RowGradientSink::take`]n. Clones share the sink.
-#[derive(Debug, Clone, Default)]
-pub struct RowGradientSink(Arc<Mutex<Option<RowGradient>>>);
-
-impl RowGradientSink {
-    /// The gradient gathered since the last take (None: no backward went through a lookup).
-    pub fn take(&self) -> Option<RowGradient> {
-        self.0.lock().ok().and_then(|mut pending| pending.take())
-    }
-
-    fn add(&self, gradient: RowGradient) -> Result<()> {
-        let mut pending = self
-            .0
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("row gradient sink poisoned".into()))?;
-        *pending = Some(match pending.take() {
-            Some(sum) => sum.add(&gradient)?,
-            None => gradient,
-        });
-        Ok(())
-    }
-}
+use crate::gradient::{Gradient, GradientSink, RowGradient};
+use crate::util::{check_f32_cpu, slice_f32, with_f32};
 
 /// `table` [V, H] rows at `ids` [b, t] (u32) → [b, t, H]. Differentiable w.r.t. the table,
 /// whose gradient goes to `sink` as rows (candle's gradient store gets none for it).
-pub fn embedding(table: &Tensor, ids: &Tensor, sink: &RowGradientSink) -> Result<Tensor> {
+pub fn embedding(table: &Tensor, ids: &Tensor, sink: &GradientSink) -> Result<Tensor> {
     const OP: &str = "embedding";
     check_f32_cpu(OP, "table", table)?;
     let (table_rows, width) = table.dims2().map_err(|_| {
@@ -156,7 +51,7 @@ struct Lookup {
     ids: Arc<Vec<u32>>,
     table_rows: usize,
     width: usize,
-    sink: RowGradientSink,
+    sink: GradientSink,
 }
 
 impl CustomOp1 for Lookup {
@@ -183,7 +78,7 @@ impl CustomOp1 for Lookup {
                 g,
             ))
         })?;
-        self.sink.add(gradient)?;
+        self.sink.add(Gradient::Rows(gradient))?;
         Ok(None)
     }
 }
@@ -199,7 +94,7 @@ mod tests {
         let table = Var::from_tensor(&Tensor::randn(0f32, 1.0, (7, 4), device).unwrap()).unwrap();
         let ids = Tensor::new(&[[3u32, 1, 3], [0, 6, 3]], device).unwrap();
         let upstream = Tensor::randn(0f32, 1.0, (2, 3, 4), device).unwrap();
-        let sink = RowGradientSink::default();
+        let sink = GradientSink::default();
 
         let ours = embedding(table.as_tensor(), &ids, &sink).unwrap();
         let theirs = table
@@ -220,7 +115,9 @@ mod tests {
             .backward()
             .unwrap();
         assert!(store.get(table.as_tensor()).is_none());
-        let rows = sink.take().expect("the backward left the rows");
+        let Some(Gradient::Rows(rows)) = sink.take() else {
+            panic!("the backward left no rows")
+        };
         assert_eq!(rows.rows, vec![0, 1, 3, 6]);
         let expected = (&theirs * &upstream)
             .unwrap()
@@ -250,7 +147,7 @@ mod tests {
         let table =
             Var::from_tensor(&Tensor::ones((5, 2), candle_core::DType::F32, device).unwrap())
                 .unwrap();
-        let sink = RowGradientSink::default();
+        let sink = GradientSink::default();
         for ids in [[[1u32, 2]], [[2, 4]]] {
             let ids = Tensor::new(&ids, device).unwrap();
             embedding(table.as_tensor(), &ids, &sink)
@@ -260,7 +157,9 @@ mod tests {
                 .backward()
                 .unwrap();
         }
-        let rows = sink.take().unwrap();
+        let Some(Gradient::Rows(rows)) = sink.take() else {
+            panic!("the backward left no rows")
+        };
         assert_eq!(rows.rows, vec![1, 2, 4]);
         assert_eq!(rows.values, vec![1., 1., 2., 2., 1., 1.]);
     }
@@ -269,7 +168,7 @@ mod tests {
     fn bad_ids_and_shapes_are_errors() {
         let device = &Device::Cpu;
         let table = Tensor::zeros((5, 2), candle_core::DType::F32, device).unwrap();
-        let sink = RowGradientSink::default();
+        let sink = GradientSink::default();
         let error = embedding(&table, &Tensor::new(&[[1u32, 5]], device).unwrap(), &sink)
             .unwrap_err()
             .to_string();

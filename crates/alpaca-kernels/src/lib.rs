@@ -19,6 +19,7 @@ mod few_rows;
 pub mod frozen_head_loss;
 pub mod frozen_linear;
 pub mod gelu;
+pub mod gradient;
 pub mod layer_norm;
 pub mod linear;
 pub mod lora_linear;
@@ -34,15 +35,15 @@ pub(crate) mod util;
 
 pub use adamw::{
     adamw_step, adamw_step_gradient, adamw_step_rows, scale_in_place, squared_norm, AdamWParams,
-    Gradient,
 };
 pub use causal_attention::causal_attention;
 pub use cross_entropy::cross_entropy;
 pub use dropout::dropout;
-pub use embedding::{embedding, RowGradient, RowGradientSink};
+pub use embedding::embedding;
 pub use frozen_head_loss::frozen_head_cross_entropy;
 pub use frozen_linear::{frozen_linear, FrozenWeight};
 pub use gelu::{bias_gelu, gelu};
+pub use gradient::{Gradient, GradientSink, RowGradient};
 pub use layer_norm::layer_norm;
 pub use linear::{linear, linear_no_bias};
 pub use lora_linear::{frozen_linear_with_lora, LoraBranch};

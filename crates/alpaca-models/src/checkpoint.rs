@@ -215,9 +215,9 @@ impl WeightLoader {
         }
     }
 
-    /// See [`crate::Parameters::row_gradient_sink`]: for a parameter already taken.
-    pub fn row_gradient_sink(&mut self, name: &str) -> Option<alpaca_kernels::RowGradientSink> {
-        self.parameters.row_gradient_sink(name)
+    /// See [`crate::Parameters::gradient_sink`]: for a parameter already taken.
+    pub fn gradient_sink(&mut self, name: &str) -> Option<alpaca_kernels::GradientSink> {
+        self.parameters.gradient_sink(name)
     }
 
     pub fn take(&mut self, name: &str, shape: &[usize], init: Init) -> Result<Var> {

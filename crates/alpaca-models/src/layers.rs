@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use alpaca_kernels::PackedLinear;
+use alpaca_kernels::{GradientSink, PackedLinear};
 use candle_core::{Tensor, Var};
 
 use crate::checkpoint::{Init, WeightLoader};
@@ -113,10 +113,10 @@ impl LayerNorm {
 }
 
 /// A lookup table `[count, size]`; its gradient is a scatter-add (candle's index_select), or
-/// with a row-gradient sink the touched rows ([`Embedding::with_row_gradients`]).
+/// with a sink the touched rows ([`Embedding::with_row_gradients`]).
 pub struct Embedding {
     pub weight: Var,
-    row_gradients: Option<alpaca_kernels::RowGradientSink>,
+    row_gradients: Option<GradientSink>,
 }
 
 impl Embedding {
@@ -158,7 +158,7 @@ impl Embedding {
     /// [`crate::Parameters::gradients`]: for large vocabularies, where the dense gradient is
     /// most of the cost (alpaca_kernels::embedding).
     pub fn with_row_gradients(mut self, loader: &mut WeightLoader, name: &str) -> Self {
-        self.row_gradients = loader.row_gradient_sink(name);
+        self.row_gradients = loader.gradient_sink(name);
         self
     }
 

@@ -5,17 +5,18 @@
 
 use std::collections::HashMap;
 
-use alpaca_kernels::{Gradient, RowGradientSink};
+use alpaca_kernels::{Gradient, GradientSink};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 
-/// Clones share the row-gradient sinks (the optimiser keeps a clone).
+/// Clones share the gradient sinks (the optimiser keeps a clone).
 #[derive(Default, Clone)]
 pub struct Parameters {
     entries: Vec<(String, Var)>,
     index: HashMap<String, usize>,
-    /// Lookup tables whose lookups leave their gradient as rows here, by entry.
-    row_sinks: HashMap<usize, RowGradientSink>,
+    /// Parameters whose ops leave their gradient here rather than in candle's gradient
+    /// store (`alpaca_kernels::gradient`), by entry.
+    sinks: HashMap<usize, GradientSink>,
 }
 
 impl Parameters {
@@ -28,30 +29,27 @@ impl Parameters {
         }
     }
 
-    /// A sink for the row gradients of table `name`'s lookups ([`alpaca_kernels::embedding`]),
-    /// whose rows [`Parameters::gradients`] then reports. None if there is no such parameter.
-    pub fn row_gradient_sink(&mut self, name: &str) -> Option<RowGradientSink> {
+    /// The sink for parameter `name`'s gradient, for the ops that use it
+    /// (`alpaca_kernels::embedding`, `alpaca_kernels::linear_to_sink`); [`Parameters::gradients`]
+    /// reports what they leave there. None if there is no such parameter.
+    pub fn gradient_sink(&mut self, name: &str) -> Option<GradientSink> {
         let position = *self.index.get(name)?;
-        Some(self.row_sinks.entry(position).or_default().clone())
+        Some(self.sinks.entry(position).or_default().clone())
     }
 
-    /// Every parameter's gradient after a backward pass, in order: what `store` holds, or
-    /// for lookup tables the rows their lookups left (taken from the sinks, so each backward
-    /// pass is reported once), summed when there are both (a tied table).
+    /// Every parameter's gradient after a backward pass, in order: what `store` holds and
+    /// what its ops left in its sink (taken, so each backward pass is reported once), summed
+    /// when there are both (a tied table: looked up, and the masked-LM decoder).
     pub fn gradients(&self, store: &GradStore) -> candle_core::Result<Vec<Option<Gradient>>> {
         self.entries
             .iter()
             .enumerate()
             .map(|(position, (_, var))| {
                 let dense = store.get(var.as_tensor()).cloned().map(Gradient::Dense);
-                let rows = self
-                    .row_sinks
-                    .get(&position)
-                    .and_then(|sink| sink.take())
-                    .map(Gradient::Rows);
-                Ok(match (dense, rows) {
-                    (Some(dense), Some(rows)) => Some(dense.add(&rows)?),
-                    (dense, rows) => dense.or(rows),
+                let sunk = self.sinks.get(&position).and_then(|sink| sink.take());
+                Ok(match (dense, sunk) {
+                    (Some(dense), Some(sunk)) => Some(dense.add(&sunk)?),
+                    (dense, sunk) => dense.or(sunk),
                 })
             })
             .collect()

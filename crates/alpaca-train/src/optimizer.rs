@@ -1,6 +1,7 @@
 //! AdamW over named parameters, with HF's decay groups and global-norm gradient clipping.
 
-use alpaca_kernels::adamw::{adamw_step_gradient, AdamWParams, Gradient};
+use alpaca_kernels::adamw::{adamw_step_gradient, AdamWParams};
+use alpaca_kernels::Gradient;
 use alpaca_models::Parameters;
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};

@@ -1,0 +1,157 @@
+//! Gradients that bypass candle's gradient store: a parameter's gradient as a tensor or as
+//! the touched rows of a table, and the sink an op's backward leaves it in.
+//!
+//! Why: candle's backward accumulates every gradient into a zero-filled tensor of the
+//! parameter's size (`GradStore::or_insert`, then an add), even the first and only one. For
+//! the 30,522 × 384 word-embedding table that is a 47 MB zero-fill, a copy (`index_add`
+//! copies its destination) and an add per step for a gradient that is zero outside ~300
+//! rows. An op holding a [`GradientSink`] hands its parameter's gradient there instead and
+//! returns none to candle; `alpaca_models::Parameters::gradients` collects the sinks with the
+//! store. (Linear weights sent through sinks the same way made a CoNLL epoch no shorter: for
+//! them the store's zero-fill and add are small beside the products.)
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use candle_core::{bail, Result, Tensor};
+
+use crate::adamw::squared_norm;
+use crate::util::tensor_from;
+
+/// The gradient of a [V, H] table that is zero outside `rows`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowGradient {
+    /// V, the table's row count.
+    pub table_rows: usize,
+    /// H, the row width.
+    pub width: usize,
+    /// The rows with a gradient, ascending and unique.
+    pub rows: Vec<u32>,
+    /// Their gradients, [rows.len(), H].
+    pub values: Vec<f32>,
+}
+
+impl RowGradient {
+    /// Σ over `ids` of `gradients`' rows: the table gradient of a lookup of `ids` whose
+    /// output [ids.len(), H] received `gradients`.
+    pub fn from_lookup(table_rows: usize, width: usize, ids: &[u32], gradients: &[f32]) -> Self {
+        let mut sums: BTreeMap<u32, Vec<f32>> = BTreeMap::new();
+        for (&id, gradient) in ids.iter().zip(gradients.chunks_exact(width)) {
+            let sum = sums.entry(id).or_insert_with(|| vec![0.0; width]);
+            for (s, &g) in sum.iter_mut().zip(gradient) {
+                *s += g;
+            }
+        }
+        let rows = sums.keys().copied().collect();
+        Self {
+            table_rows,
+            width,
+            rows,
+            values: sums.into_values().flatten().collect(),
+        }
+    }
+
+    /// The sum of two gradients of the same table.
+    pub fn add(&self, other: &RowGradient) -> Result<RowGradient> {
+        if (self.table_rows, self.width) != (other.table_rows, other.width) {
+            bail!(
+                "row gradients of [{}, {}] and [{}, {}] tables do not add",
+                self.table_rows,
+                self.width,
+                other.table_rows,
+                other.width
+            )
+        }
+        let width = self.width;
+        let mut sums: BTreeMap<u32, Vec<f32>> = BTreeMap::new();
+        for gradient in [self, other] {
+            for (&row, values) in gradient
+                .rows
+                .iter()
+                .zip(gradient.values.chunks_exact(width))
+            {
+                let sum = sums.entry(row).or_insert_with(|| vec![0.0; width]);
+                for (s, &v) in sum.iter_mut().zip(values) {
+                    *s += v;
+                }
+            }
+        }
+        Ok(Self {
+            table_rows: self.table_rows,
+            width,
+            rows: sums.keys().copied().collect(),
+            values: sums.into_values().flatten().collect(),
+        })
+    }
+
+    /// Σ g² (f64), as the dense gradient's.
+    pub fn squared_norm(&self) -> f64 {
+        self.values.iter().map(|&g| (g as f64) * (g as f64)).sum()
+    }
+
+    /// The dense [V, H] tensor (tests, and adding to a dense gradient of a tied table).
+    pub fn to_dense(&self) -> Result<Tensor> {
+        let mut dense = vec![0.0f32; self.table_rows * self.width];
+        for (&row, values) in self.rows.iter().zip(self.values.chunks_exact(self.width)) {
+            dense[row as usize * self.width..][..self.width].copy_from_slice(values);
+        }
+        tensor_from(dense, (self.table_rows, self.width))
+    }
+}
+
+/// A parameter's gradient: a tensor of its shape, or the touched rows of a table
+/// ([`crate::embedding`]).
+#[derive(Debug, Clone)]
+pub enum Gradient {
+    Dense(Tensor),
+    Rows(RowGradient),
+}
+
+impl Gradient {
+    /// Σ g² (f64).
+    pub fn squared_norm(&self) -> Result<f64> {
+        match self {
+            Gradient::Dense(tensor) => squared_norm(tensor),
+            Gradient::Rows(rows) => Ok(rows.squared_norm()),
+        }
+    }
+
+    /// The sum of two gradients of one parameter (dense if either is).
+    pub fn add(&self, other: &Gradient) -> Result<Gradient> {
+        Ok(match (self, other) {
+            (Gradient::Rows(a), Gradient::Rows(b)) => Gradient::Rows(a.add(b)?),
+            (a, b) => Gradient::Dense((a.to_dense()? + b.to_dense()?)?),
+        })
+    }
+
+    pub fn to_dense(&self) -> Result<Tensor> {
+        match self {
+            Gradient::Dense(tensor) => Ok(tensor.clone()),
+            Gradient::Rows(rows) => rows.to_dense(),
+        }
+    }
+}
+
+/// Where an op's backward leaves a parameter's gradient, summed over backward passes until
+/// [`GradientSink::take`]n. Clones share the sink.
+#[derive(Debug, Clone, Default)]
+pub struct GradientSink(Arc<Mutex<Option<Gradient>>>);
+
+impl GradientSink {
+    /// The gradient gathered since the last take (None: no backward reached the op).
+    pub fn take(&self) -> Option<Gradient> {
+        self.0.lock().ok().and_then(|mut pending| pending.take())
+    }
+
+    pub(crate) fn add(&self, gradient: Gradient) -> Result<()> {
+        let mut pending = self
+            .0
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("gradient sink poisoned".into()))?;
+        *pending = Some(match pending.take() {
+            Some(sum) => sum.add(&gradient)?,
+            None => gradient,
+        });
+        Ok(())
+    }
+}
