@@ -54,23 +54,14 @@ pub fn adamw_step(
     params: AdamWParams,
 ) -> Result<()> {
     const OP: &str = "adamw_step";
-    check_f32_cpu(OP, "param", param)?;
+    check_update(OP, param, (m, v), params)?;
     check_f32_cpu(OP, "grad", grad)?;
-    if !param.is_contiguous() {
-        bail!("{OP}: param must be contiguous (it is updated in place)")
-    }
-    let n = param.elem_count();
-    if grad.elem_count() != n || m.len() != n || v.len() != n {
+    if grad.elem_count() != param.elem_count() {
         bail!(
-            "{OP}: sizes differ: param {:?}, grad {:?}, m {}, v {}",
+            "{OP}: sizes differ: param {:?}, grad {:?}",
             param.shape(),
-            grad.shape(),
-            m.len(),
-            v.len()
+            grad.shape()
         )
-    }
-    if params.step == 0 {
-        bail!("{OP}: step is 1-based, got 0")
     }
     let grad = grad.contiguous()?;
     param.inplace_op2(
@@ -202,6 +193,33 @@ impl Update {
     }
 }
 
+/// What every update needs: an f32 CPU parameter it can update in place, moments of its size
+/// and a 1-based step.
+fn check_update(
+    op: &str,
+    param: &Tensor,
+    (m, v): (&[f32], &[f32]),
+    params: AdamWParams,
+) -> Result<()> {
+    check_f32_cpu(op, "param", param)?;
+    if !param.is_contiguous() {
+        bail!("{op}: param must be contiguous (it is updated in place)")
+    }
+    let n = param.elem_count();
+    if m.len() != n || v.len() != n {
+        bail!(
+            "{op}: sizes differ: param {:?}, m {}, v {}",
+            param.shape(),
+            m.len(),
+            v.len()
+        )
+    }
+    if params.step == 0 {
+        bail!("{op}: step is 1-based, got 0")
+    }
+    Ok(())
+}
+
 /// [`adamw_step`] for either kind of [`Gradient`].
 pub fn adamw_step_gradient(
     param: &Tensor,
@@ -227,18 +245,12 @@ pub fn adamw_step_rows(
     params: AdamWParams,
 ) -> Result<()> {
     const OP: &str = "adamw_step_rows";
-    check_f32_cpu(OP, "param", param)?;
-    if !param.is_contiguous() {
-        bail!("{OP}: param must be contiguous (it is updated in place)")
-    }
+    check_update(OP, param, (m, v), params)?;
     let (table_rows, width) = (gradient.table_rows, gradient.width);
-    let n = param.elem_count();
-    if param.dims() != [table_rows, width] || m.len() != n || v.len() != n {
+    if param.dims() != [table_rows, width] {
         bail!(
-            "{OP}: sizes differ: param {:?}, gradient of [{table_rows}, {width}], m {}, v {}",
-            param.shape(),
-            m.len(),
-            v.len()
+            "{OP}: sizes differ: param {:?}, gradient of a [{table_rows}, {width}] table",
+            param.shape()
         )
     }
     if gradient
@@ -248,9 +260,6 @@ pub fn adamw_step_rows(
         || gradient.values.len() != gradient.rows.len() * width
     {
         bail!("{OP}: the gradient's rows do not fit the [{table_rows}, {width}] table")
-    }
-    if params.step == 0 {
-        bail!("{OP}: step is 1-based, got 0")
     }
     param.inplace_op1(&AdamWRows {
         state: Mutex::new((m, v)),

@@ -86,6 +86,7 @@ impl CustomOp1 for Lookup {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::util::max_difference;
     use candle_core::{Device, Var};
 
     #[test]
@@ -126,15 +127,7 @@ mod tests {
             .backward()
             .unwrap();
         let expected = expected.get(table.as_tensor()).unwrap();
-        let dense = rows.to_dense().unwrap();
-        let difference = (dense - expected)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let difference = max_difference(&rows.to_dense().unwrap(), expected);
         assert!(difference < 1e-6, "{difference}");
         let norm = crate::squared_norm(expected).unwrap();
         assert!((rows.squared_norm() - norm).abs() < 1e-9 * (1.0 + norm));
