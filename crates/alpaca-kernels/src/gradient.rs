@@ -89,7 +89,28 @@ impl RowGradient {
         self.values.iter().map(|&g| (g as f64) * (g as f64)).sum()
     }
 
-    /// The dense [V, H] tensor (tests, and adding to a dense gradient of a tied table).
+    /// `dense` [V, H] plus these rows, as a new tensor: one copy of the table and the rows'
+    /// adds (a tied table: the masked-LM decoder's dense gradient and the lookup's rows).
+    pub fn added_to(&self, dense: &Tensor) -> Result<Tensor> {
+        if dense.dims() != [self.table_rows, self.width] {
+            bail!(
+                "a row gradient of a [{}, {}] table does not add to {:?}",
+                self.table_rows,
+                self.width,
+                dense.shape()
+            )
+        }
+        let mut sum = dense.flatten_all()?.to_vec1::<f32>()?;
+        for (&row, values) in self.rows.iter().zip(self.values.chunks_exact(self.width)) {
+            let target = &mut sum[row as usize * self.width..][..self.width];
+            for (t, &v) in target.iter_mut().zip(values) {
+                *t += v;
+            }
+        }
+        tensor_from(sum, dense.shape())
+    }
+
+    /// The dense [V, H] tensor (tests).
     pub fn to_dense(&self) -> Result<Tensor> {
         let mut dense = vec![0.0f32; self.table_rows * self.width];
         for (&row, values) in self.rows.iter().zip(self.values.chunks_exact(self.width)) {
@@ -120,7 +141,11 @@ impl Gradient {
     pub fn add(&self, other: &Gradient) -> Result<Gradient> {
         Ok(match (self, other) {
             (Gradient::Rows(a), Gradient::Rows(b)) => Gradient::Rows(a.add(b)?),
-            (a, b) => Gradient::Dense((a.to_dense()? + b.to_dense()?)?),
+            (Gradient::Dense(a), Gradient::Dense(b)) => Gradient::Dense((a + b)?),
+            (Gradient::Dense(dense), Gradient::Rows(rows))
+            | (Gradient::Rows(rows), Gradient::Dense(dense)) => {
+                Gradient::Dense(rows.added_to(dense)?)
+            }
         })
     }
 
@@ -153,5 +178,47 @@ impl GradientSink {
             None => gradient,
         });
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::max_difference;
+    use candle_core::Device;
+
+    /// Every combination adds up to the sum of the dense tensors.
+    #[test]
+    fn gradients_of_either_kind_add_up() {
+        let device = &Device::Cpu;
+        let rows =
+            RowGradient::from_lookup(6, 3, &[4, 1, 4], &[1., 2., 3., 4., 5., 6., 7., 8., 9.]);
+        let other = RowGradient::from_lookup(6, 3, &[0, 1], &[1., 1., 1., 2., 2., 2.]);
+        let dense = Tensor::randn(0f32, 1.0, (6, 3), device).unwrap();
+        let (r, o, d) = (
+            Gradient::Rows(rows.clone()),
+            Gradient::Rows(other.clone()),
+            Gradient::Dense(dense.clone()),
+        );
+        let expected = |a: &Tensor, b: &Tensor| (a + b).unwrap();
+        let rows_dense = rows.to_dense().unwrap();
+        let other_dense = other.to_dense().unwrap();
+        for (sum, want) in [
+            (r.add(&o).unwrap(), expected(&rows_dense, &other_dense)),
+            (r.add(&d).unwrap(), expected(&rows_dense, &dense)),
+            (d.add(&r).unwrap(), expected(&rows_dense, &dense)),
+            (d.add(&d).unwrap(), expected(&dense, &dense)),
+        ] {
+            let got = sum.to_dense().unwrap();
+            assert!(max_difference(&got, &want) < 1e-6);
+            let norm = crate::squared_norm(&want).unwrap();
+            assert!((sum.squared_norm().unwrap() - norm).abs() < 1e-6 * (1.0 + norm));
+        }
+        assert!(matches!(r.add(&o).unwrap(), Gradient::Rows(_)));
+        // Row 4 was looked up twice: its gradient is the sum.
+        assert_eq!(rows.rows, vec![1, 4]);
+        assert_eq!(rows.values, vec![4., 5., 6., 8., 10., 12.]);
+        let wrong = Tensor::zeros((5, 3), candle_core::DType::F32, device).unwrap();
+        assert!(rows.added_to(&wrong).is_err());
     }
 }
