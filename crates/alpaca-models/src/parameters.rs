@@ -29,9 +29,9 @@ impl Parameters {
         }
     }
 
-    /// The sink for parameter `name`'s gradient, for the ops that use it
-    /// (`alpaca_kernels::embedding`, `alpaca_kernels::linear_to_sink`); [`Parameters::gradients`]
-    /// reports what they leave there. None if there is no such parameter.
+    /// The sink for parameter `name`'s gradient, for the ops that leave it there rather than
+    /// in candle's store (`alpaca_kernels::embedding`); [`Parameters::gradients`] reports it.
+    /// None if there is no such parameter.
     pub fn gradient_sink(&mut self, name: &str) -> Option<GradientSink> {
         let position = *self.index.get(name)?;
         Some(self.sinks.entry(position).or_default().clone())
