@@ -62,26 +62,13 @@ impl RowGradient {
                 other.width
             )
         }
-        let width = self.width;
-        let mut sums: BTreeMap<u32, Vec<f32>> = BTreeMap::new();
-        for gradient in [self, other] {
-            for (&row, values) in gradient
-                .rows
-                .iter()
-                .zip(gradient.values.chunks_exact(width))
-            {
-                let sum = sums.entry(row).or_insert_with(|| vec![0.0; width]);
-                for (s, &v) in sum.iter_mut().zip(values) {
-                    *s += v;
-                }
-            }
-        }
-        Ok(Self {
-            table_rows: self.table_rows,
-            width,
-            rows: sums.keys().copied().collect(),
-            values: sums.into_values().flatten().collect(),
-        })
+        // Both gradients' rows as one lookup: rows present in both are summed.
+        Ok(Self::from_lookup(
+            self.table_rows,
+            self.width,
+            &[&self.rows[..], &other.rows[..]].concat(),
+            &[&self.values[..], &other.values[..]].concat(),
+        ))
     }
 
     /// Σ g² (f64), as the dense gradient's.
