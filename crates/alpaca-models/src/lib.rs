@@ -20,6 +20,9 @@ pub mod parameters;
 pub mod sequence_classification;
 pub mod token_classification;
 
+#[cfg(test)]
+mod test_util;
+
 pub use bert::{BertConfig, BertModel};
 pub use causal_lm::LlamaForCausalLM;
 pub use checkpoint::{LoadReport, ModelDir};

@@ -340,6 +340,7 @@ pub fn merge_adapters(model: &mut LlamaForCausalLM) -> Result<()> {
 mod tests {
     use super::*;
     use crate::llama::LlamaConfig;
+    use crate::test_util::{largest, max_difference};
 
     fn tiny() -> LlamaForCausalLM {
         let config: LlamaConfig = serde_json::from_value(serde_json::json!({
@@ -357,22 +358,6 @@ mod tests {
 
     fn logits(model: &LlamaForCausalLM) -> Tensor {
         model.forward(&ids(), None, Mode::EVAL).unwrap()
-    }
-
-    fn max_difference(a: &Tensor, b: &Tensor) -> f32 {
-        largest(&(a - b).unwrap())
-    }
-
-    /// The largest absolute value.
-    fn largest(t: &Tensor) -> f32 {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     fn config(targets: &[&str], r: usize) -> LoraConfig {

@@ -207,6 +207,7 @@ impl BertForPreTraining {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::{largest, max_difference};
     use candle_core::Device;
 
     fn tiny_config() -> BertConfig {
@@ -226,17 +227,6 @@ mod tests {
             Tensor::from_slice(&[1f32, 1., 1., 1., 1., 1., 1., 0.], (2, 4), &device).unwrap();
         let positions = Tensor::from_slice(&[2u32, 5], 2, &device).unwrap();
         (ids, types, mask, positions)
-    }
-
-    fn max_abs(t: Tensor) -> f32 {
-        t.abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
     }
 
     #[test]
@@ -339,7 +329,7 @@ mod tests {
             .forward(&ids, &types, &mask, &positions, Mode::EVAL)
             .unwrap()
             .masked_lm_logits;
-        assert_eq!(max_abs(logits), 0.0);
+        assert_eq!(largest(&logits), 0.0);
     }
 
     #[test]
@@ -357,7 +347,7 @@ mod tests {
             .unwrap()
             .masked_lm_logits;
         let expected = full.index_select(&some, 0).unwrap();
-        assert!(max_abs((picked - expected).unwrap()) < 1e-6);
+        assert!(max_difference(&picked, &expected) < 1e-6);
     }
 
     #[test]
@@ -383,7 +373,7 @@ mod tests {
             .forward(&ids, &types, &mask, &positions, Mode::EVAL)
             .unwrap();
         assert_eq!(
-            max_abs((before.masked_lm_logits - after.masked_lm_logits).unwrap()),
+            max_difference(&before.masked_lm_logits, &after.masked_lm_logits),
             0.0
         );
         // Loaded without NSP, the saved NSP head is reported as unexpected, not silently used.

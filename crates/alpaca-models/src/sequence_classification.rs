@@ -219,6 +219,7 @@ impl BertForSequenceClassification {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::max_difference;
 
     fn tiny_config() -> BertConfig {
         serde_json::from_value(serde_json::json!({
@@ -251,14 +252,7 @@ mod tests {
         assert!(model.pack_for_inference().unwrap() > 0);
         assert!(model.pooler.is_packed() && model.classifier.is_packed());
         let after = model.forward(&ids, &types, &mask, Mode::EVAL).unwrap();
-        let difference = (before - after)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let difference = max_difference(&before, &after);
         assert!(difference < 1e-5, "packed logits differ by {difference}");
     }
 
