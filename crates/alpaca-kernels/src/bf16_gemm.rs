@@ -80,7 +80,8 @@ impl PackedB {
                 0.0
             }
         };
-        data.par_chunks_mut(pairs * NR)
+        // (k = 0 leaves no words to fill, and chunks of 0 are refused.)
+        data.par_chunks_mut((pairs * NR).max(1))
             .enumerate()
             .for_each(|(panel, words)| {
                 let columns = (n - panel * NR).min(NR);
@@ -167,6 +168,17 @@ impl Output {
     }
 }
 
+/// How the products start each element of C.
+#[derive(Clone, Copy)]
+enum Start<'a> {
+    /// From zero: C's old contents are never read.
+    Zero,
+    /// From C's old value.
+    Accumulate,
+    /// From the column's bias, `bias[j]`.
+    Bias(&'a [f32]),
+}
+
 /// `c [m, n]` (row-major, contiguous) = `accumulate`·c + A · B, where A [m, k] is f32 with
 /// element (i, j) at `a[i·row_stride + j·column_stride]` and B is packed. Parallel over blocks
 /// of rows (and of columns when there are few rows) with rayon.
@@ -175,40 +187,98 @@ pub fn gemm(
     m: usize,
     accumulate: bool,
     a: &[f32],
-    (row_stride, column_stride): (usize, usize),
+    strides: (usize, usize),
     b: &PackedB,
 ) {
     let (k, n) = b.dims();
     assert!(c.len() >= m * n, "bf16 gemm: output too small");
-    assert!(
-        m == 0 || k == 0 || a.len() > (m - 1) * row_stride + (k - 1) * column_stride,
-        "bf16 gemm: A too small for [{m}, {k}]"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
     if k == 0 {
         if !accumulate {
             c[..m * n].fill(0.0);
         }
         return;
     }
-    let row_blocks = m.div_ceil(MC);
+    let start = if accumulate {
+        Start::Accumulate
+    } else {
+        Start::Zero
+    };
+    // SAFETY: c holds m·n elements (asserted) and is exclusively borrowed.
+    unsafe { gemm_raw(Output(c.as_mut_ptr()), m, start, a, strides, b) }
+}
+
+/// A new `[m, n]` C = A · B (+ `bias` in every row), written once by the products: no
+/// zero-fill or bias copy before them (at a BERT step's sizes those were a serial pass over
+/// every output in the main thread while the other workers waited).
+pub fn product(
+    m: usize,
+    a: &[f32],
+    strides: (usize, usize),
+    b: &PackedB,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
+    let (k, n) = b.dims();
+    if let Some(bias) = bias {
+        assert_eq!(bias.len(), n, "bf16 product: bias length");
+    }
+    if k == 0 || m == 0 || n == 0 {
+        let row = bias.map_or_else(|| vec![0.0; n], <[f32]>::to_vec);
+        return row.repeat(m);
+    }
+    let mut c = Vec::with_capacity(m * n);
+    let start = bias.map_or(Start::Zero, Start::Bias);
+    // SAFETY: c has capacity for m·n elements; with k > 0 and a Zero or Bias start the
+    // products store every element of every valid tile once without reading C, and the valid
+    // tiles cover [m, n], so all m·n elements are initialised before set_len.
+    unsafe {
+        gemm_raw(Output(c.as_mut_ptr()), m, start, a, strides, b);
+        c.set_len(m * n);
+    }
+    c
+}
+
+/// The products behind [`gemm`] and [`product`].
+///
+/// # Safety
+/// `c` must point at m·n writable f32 nobody else accesses meanwhile; with
+/// [`Start::Accumulate`] they must be initialised. k must not be 0.
+unsafe fn gemm_raw(
+    output: Output,
+    m: usize,
+    start: Start,
+    a: &[f32],
+    (row_stride, column_stride): (usize, usize),
+    b: &PackedB,
+) {
+    let (k, n) = b.dims();
+    debug_assert!(k > 0);
+    assert!(
+        m == 0 || a.len() > (m - 1) * row_stride + (k - 1) * column_stride,
+        "bf16 gemm: A too small for [{m}, {k}]"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    // Row blocks of (nearly) equal size: 30 MR-panels in blocks of 8, 8, 8, 6 left one
+    // thread idle at the end of every product; 8, 8, 7, 7 does not.
+    let row_panels = m.div_ceil(MR);
+    let row_blocks = row_panels.div_ceil(MC / MR);
     let panels = n.div_ceil(NR);
     // Enough tasks to keep every thread busy when m is small (the LM head at a few positions).
     let wanted = 4 * rayon::current_num_threads().max(1);
     let column_splits = wanted.div_ceil(row_blocks).clamp(1, panels);
     let panels_per_task = panels.div_ceil(column_splits);
     let column_splits = panels.div_ceil(panels_per_task);
-    let output = Output(c.as_mut_ptr());
+    let block_rows = |block: usize| block * row_panels / row_blocks * MR;
     let kernel = Kernel::detect();
     (0..row_blocks * column_splits)
         .into_par_iter()
         .for_each_init(
             || vec![0u32; MC * KC_PAIRS],
             |packed_a, task| {
-                let first_row = (task / column_splits) * MC;
-                let rows = (m - first_row).min(MC);
+                let block = task / column_splits;
+                let first_row = block_rows(block);
+                let rows = block_rows(block + 1).min(m) - first_row;
                 let first_panel = (task % column_splits) * panels_per_task;
                 let last_panel = (first_panel + panels_per_task).min(panels);
                 for from in (0..b.pairs).step_by(KC_PAIRS) {
@@ -221,30 +291,28 @@ pub fn gemm(
                         (from, count),
                         k,
                     );
+                    let tile_start = match start {
+                        _ if from > 0 => Start::Accumulate,
+                        start => start,
+                    };
                     for panel in first_panel..last_panel {
                         let columns = (n - panel * NR).min(NR);
                         let b_block = b.block(panel, from, count);
+                        let bias = match tile_start {
+                            Start::Bias(bias) => Start::Bias(&bias[panel * NR..]),
+                            other => other,
+                        };
                         for (index, a_panel) in packed_a[..rows.div_ceil(MR) * count * MR]
                             .chunks_exact(count * MR)
                             .enumerate()
                         {
                             let row = first_row + index * MR;
                             let tile = output.at(row * n + panel * NR);
-                            let valid = ((m - row).min(MR), columns);
+                            let valid = ((first_row + rows - row).min(MR), columns);
                             // SAFETY: this task alone writes rows first_row..first_row+rows
                             // and the columns of panels first_panel..last_panel of C, all
-                            // inside c[..m·n] (checked above).
-                            unsafe {
-                                kernel.run(
-                                    count,
-                                    a_panel,
-                                    b_block,
-                                    tile,
-                                    n,
-                                    accumulate || from > 0,
-                                    valid,
-                                )
-                            };
+                            // inside its m·n elements (the caller's guarantee).
+                            unsafe { kernel.run(count, a_panel, b_block, tile, n, bias, valid) };
                         }
                     }
                 }
@@ -466,8 +534,9 @@ impl Kernel {
         Kernel::Scalar
     }
 
-    /// One tile: C[MR, NR] at `c` (row stride `ldc`) (+)= A panel · B block over `pairs` k pairs,
-    /// writing only the `valid` (rows, columns).
+    /// One tile: C[MR, NR] at `c` (row stride `ldc`) = start + A panel · B block over `pairs`
+    /// k pairs, writing only the `valid` (rows, columns). A bias start holds the tile's
+    /// columns from its first element.
     ///
     /// # Safety
     /// `c` must point at a tile whose valid (rows, columns) part, with row stride `ldc`, is
@@ -480,10 +549,13 @@ impl Kernel {
         b: &[u32],
         c: *mut f32,
         ldc: usize,
-        accumulate: bool,
+        start: Start,
         valid: (usize, usize),
     ) {
         debug_assert!(a.len() >= pairs * MR && b.len() >= pairs * NR);
+        if let Start::Bias(bias) = start {
+            debug_assert!(bias.len() >= valid.1);
+        }
         match self {
             // SAFETY: detect() saw avx512f and avx512bf16; the slices hold `pairs` k pairs
             // (debug-asserted) and the caller guarantees the valid part of the tile is writable.
@@ -493,14 +565,14 @@ impl Kernel {
             Kernel::Avx512Bf16 => {
                 let (a, b) = (a.as_ptr(), b.as_ptr());
                 match valid.0 {
-                    1 => kernel_avx512_bf16::<1>(pairs, a, b, c, ldc, accumulate, valid),
-                    2 => kernel_avx512_bf16::<2>(pairs, a, b, c, ldc, accumulate, valid),
-                    3 | 4 => kernel_avx512_bf16::<4>(pairs, a, b, c, ldc, accumulate, valid),
-                    5..=8 => kernel_avx512_bf16::<8>(pairs, a, b, c, ldc, accumulate, valid),
-                    _ => kernel_avx512_bf16::<MR>(pairs, a, b, c, ldc, accumulate, valid),
+                    1 => kernel_avx512_bf16::<1>(pairs, a, b, c, ldc, start, valid),
+                    2 => kernel_avx512_bf16::<2>(pairs, a, b, c, ldc, start, valid),
+                    3 | 4 => kernel_avx512_bf16::<4>(pairs, a, b, c, ldc, start, valid),
+                    5..=8 => kernel_avx512_bf16::<8>(pairs, a, b, c, ldc, start, valid),
+                    _ => kernel_avx512_bf16::<MR>(pairs, a, b, c, ldc, start, valid),
                 }
             }
-            Kernel::Scalar => kernel_scalar(pairs, a, b, c, ldc, accumulate, valid),
+            Kernel::Scalar => kernel_scalar(pairs, a, b, c, ldc, start, valid),
         }
     }
 }
@@ -528,7 +600,7 @@ unsafe fn kernel_scalar(
     b: &[u32],
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    start: Start,
     (rows, columns): (usize, usize),
 ) {
     let low = |w: u32| bf16_value(w as u16);
@@ -542,7 +614,11 @@ unsafe fn kernel_scalar(
             }
             // SAFETY: (r, j) is inside the valid part of the tile (see Kernel::run).
             let out = c.add(r * ldc + j);
-            *out = if accumulate { *out + sum } else { sum };
+            *out = match start {
+                Start::Zero => sum,
+                Start::Accumulate => *out + sum,
+                Start::Bias(bias) => bias[j] + sum,
+            };
         }
     }
 }
@@ -555,7 +631,7 @@ unsafe fn kernel_avx512_bf16<const ROWS: usize>(
     b: *const u32,
     c: *mut f32,
     ldc: usize,
-    accumulate: bool,
+    start: Start,
     (rows, columns): (usize, usize),
 ) {
     use std::arch::x86_64::*;
@@ -575,6 +651,15 @@ unsafe fn kernel_avx512_bf16<const ROWS: usize>(
         ((1u32 << columns.min(16)) - 1) as u16,
         ((1u32 << columns.saturating_sub(16)) - 1) as u16,
     ];
+    // The bias of the tile's columns, loaded once (masked: the slice may end at the last
+    // valid column).
+    let bias = match start {
+        Start::Bias(bias) => [
+            _mm512_maskz_loadu_ps(masks[0], bias.as_ptr()),
+            _mm512_maskz_loadu_ps(masks[1], bias.as_ptr().wrapping_add(16)),
+        ],
+        _ => [_mm512_setzero_ps(); 2],
+    };
     for (r, row) in acc.iter().enumerate().take(rows) {
         for (half, &sum) in row.iter().enumerate() {
             let out = c.add(r * ldc + half * 16);
@@ -582,10 +667,10 @@ unsafe fn kernel_avx512_bf16<const ROWS: usize>(
             if mask == 0 {
                 continue;
             }
-            let value = if accumulate {
-                _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out), sum)
-            } else {
-                sum
+            let value = match start {
+                Start::Zero => sum,
+                Start::Accumulate => _mm512_add_ps(_mm512_maskz_loadu_ps(mask, out), sum),
+                Start::Bias(_) => _mm512_add_ps(bias[half], sum),
             };
             _mm512_mask_storeu_ps(out, mask, value);
         }
@@ -634,6 +719,42 @@ mod tests {
                 (got as f64 - want).abs() <= tolerance,
                 "[{m}x{k}x{n}] c[{index}] = {got}, want {want}"
             );
+        }
+    }
+
+    /// A new product, from zero or from a bias, equals the rounded reference plus the bias
+    /// at every edge (rows split into uneven blocks, a last panel of 1–31 columns, k = 0).
+    #[test]
+    fn a_new_product_starts_from_zero_or_the_bias() {
+        for &(m, k, n) in &[
+            (1, 3, 1),
+            (13, 7, 33),
+            (350, 40, 47),
+            (97, 600, 17),
+            (5, 0, 4),
+        ] {
+            let a = random(m * k, 10);
+            let b = random(k * n, 11);
+            let bias = random(n, 12);
+            let packed = PackedB::pack(&b, (k, n), (n, 1));
+            let expected = reference(&a, &b, (m, k, n));
+            for with_bias in [false, true] {
+                let c = product(m, &a, (k, 1), &packed, with_bias.then_some(&bias[..]));
+                assert_eq!(c.len(), m * n);
+                for (index, (&got, want)) in c.iter().zip(&expected).enumerate() {
+                    let want = want
+                        + if with_bias {
+                            bias[index % n] as f64
+                        } else {
+                            0.0
+                        };
+                    let tolerance = 1e-5 * (k as f64).sqrt() + 1e-6;
+                    assert!(
+                        (got as f64 - want).abs() <= tolerance,
+                        "[{m}x{k}x{n}] bias {with_bias}: c[{index}] = {got}, want {want}"
+                    );
+                }
+            }
         }
     }
 
@@ -746,8 +867,9 @@ mod tests {
             let mut scalar = vec![7.0f32; MR * NR];
             // SAFETY: both outputs are whole MR × NR tiles.
             unsafe {
-                Kernel::Avx512Bf16.run(pairs, &a, &b, simd.as_mut_ptr(), NR, false, (rows, NR));
-                Kernel::Scalar.run(pairs, &a, &b, scalar.as_mut_ptr(), NR, false, (rows, NR));
+                let (simd_out, scalar_out) = (simd.as_mut_ptr(), scalar.as_mut_ptr());
+                Kernel::Avx512Bf16.run(pairs, &a, &b, simd_out, NR, Start::Zero, (rows, NR));
+                Kernel::Scalar.run(pairs, &a, &b, scalar_out, NR, Start::Zero, (rows, NR));
             }
             for (x, y) in simd.iter().zip(&scalar) {
                 assert!((x - y).abs() < 1e-4, "{rows} rows: {x} vs {y}");

@@ -164,6 +164,11 @@ fn forward(
         let dims = (out_features, in_features);
         return PackedLinear::from_slices(weight, bias, dims).product(x);
     }
+    if bf16 {
+        // Wᵀ as a [in, out] matrix: element (i, o) is weight[o·in + i].
+        let packed = PackedB::transposed_weight(weight, (out_features, in_features));
+        return bf16_gemm::product(rows, x, (in_features, 1), &packed, bias);
+    }
     let mut y = match bias {
         Some(b) => {
             let mut y = Vec::with_capacity(rows * out_features);
@@ -175,11 +180,6 @@ fn forward(
         None => vec![0.0; rows * out_features],
     };
     // Wᵀ as a [in, out] matrix: element (i, o) is weight[o·in + i].
-    if bf16 {
-        let packed = PackedB::transposed_weight(weight, (out_features, in_features));
-        bf16_gemm::gemm(&mut y, rows, bias.is_some(), x, (in_features, 1), &packed);
-        return y;
-    }
     gemm_into(
         &mut y,
         (rows, out_features, in_features),
@@ -212,11 +212,11 @@ fn backward(
             with_f32(OP, dy, |dys| {
                 let rows = xs.len() / in_features;
                 let bf16 = precision() == Precision::Bf16;
-                let mut dx = vec![0.0f32; rows * in_features];
-                if bf16 {
+                let dx = if bf16 {
                     let packed = PackedB::weight(ws, (out_features, in_features));
-                    bf16_gemm::gemm(&mut dx, rows, false, dys, (out_features, 1), &packed);
+                    bf16_gemm::product(rows, dys, (out_features, 1), &packed, None)
                 } else {
+                    let mut dx = vec![0.0f32; rows * in_features];
                     gemm_into(
                         &mut dx,
                         (rows, in_features, out_features),
@@ -227,21 +227,15 @@ fn backward(
                         (in_features, 1),
                         1.0,
                     );
-                }
+                    dx
+                };
                 let dw = if weight.track_op() {
-                    let mut dw = vec![0.0f32; out_features * in_features];
-                    if bf16 {
+                    let dw = if bf16 {
                         // dW = dyᵀ x: dy read transposed by strides, x packed as [rows, in].
                         let packed = PackedB::pack(xs, (rows, in_features), (in_features, 1));
-                        bf16_gemm::gemm(
-                            &mut dw,
-                            out_features,
-                            false,
-                            dys,
-                            (1, out_features),
-                            &packed,
-                        );
+                        bf16_gemm::product(out_features, dys, (1, out_features), &packed, None)
                     } else {
+                        let mut dw = vec![0.0f32; out_features * in_features];
                         gemm_into(
                             &mut dw,
                             (out_features, in_features, rows),
@@ -252,7 +246,8 @@ fn backward(
                             (in_features, 1),
                             1.0,
                         );
-                    }
+                        dw
+                    };
                     Some(tensor_from(dw, (out_features, in_features))?)
                 } else {
                     None
