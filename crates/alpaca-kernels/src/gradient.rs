@@ -7,8 +7,9 @@
 //! copies its destination) and an add per step for a gradient that is zero outside ~300
 //! rows. An op holding a [`GradientSink`] hands its parameter's gradient there instead and
 //! returns none to candle; `alpaca_models::Parameters::gradients` collects the sinks with the
-//! store. (Linear weights sent through sinks the same way made a CoNLL epoch no shorter: for
-//! them the store's zero-fill and add are small beside the products.)
+//! store. Linear layers send their weight and bias gradients the same way
+//! ([`crate::linear::LinearSinks`]): the store's zero-fill and add for them ran
+//! single-threaded, ~3% of a CoNLL-shaped bf16 step.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};

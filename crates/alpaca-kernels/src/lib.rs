@@ -45,7 +45,7 @@ pub use frozen_linear::{frozen_linear, FrozenWeight};
 pub use gelu::{bias_gelu, gelu};
 pub use gradient::{Gradient, GradientSink, RowGradient};
 pub use layer_norm::layer_norm;
-pub use linear::{linear, linear_no_bias};
+pub use linear::{linear, linear_no_bias, linear_with_sinks, LinearSinks};
 pub use lora_linear::{frozen_linear_with_lora, LoraBranch};
 pub use packed_linear::{packed_linear, PackedLinear};
 pub use packed_tokens::PackedTokens;

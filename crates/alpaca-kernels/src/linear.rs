@@ -15,6 +15,7 @@ use rayon::prelude::*;
 
 use crate::bf16_gemm::{self, PackedB};
 use crate::few_rows;
+use crate::gradient::{Gradient, GradientSink};
 use crate::packed_linear::PackedLinear;
 use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
 use crate::Precision;
@@ -45,15 +46,59 @@ pub fn precision() -> Precision {
 /// `x Wᵀ + b`.
 pub fn linear(x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<Tensor> {
     check(x, weight, Some(bias))?;
-    x.contiguous()?
-        .apply_op3(&weight.contiguous()?, &bias.contiguous()?, Linear)
+    x.contiguous()?.apply_op3(
+        &weight.contiguous()?,
+        &bias.contiguous()?,
+        Linear { sinks: None },
+    )
 }
 
 /// `x Wᵀ` (for callers that fuse the bias into the next op, e.g. bias+GELU).
 pub fn linear_no_bias(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
     check(x, weight, None)?;
     x.contiguous()?
-        .apply_op2(&weight.contiguous()?, LinearNoBias)
+        .apply_op2(&weight.contiguous()?, LinearNoBias { sinks: None })
+}
+
+/// Where a linear layer's weight and bias gradients go instead of candle's gradient store.
+///
+/// Why: the store accumulates each gradient into a zero-filled tensor of the parameter's size
+/// and then adds (`GradStore::or_insert`), single-threaded, even for the first and only
+/// gradient: for BERT's 10.6M linear weights that was a zero-fill, a read of two tensors and a
+/// write of a third per step while the other threads waited. A sink takes the tensor the
+/// products made as it is.
+#[derive(Debug, Clone, Default)]
+pub struct LinearSinks {
+    pub weight: GradientSink,
+    pub bias: GradientSink,
+}
+
+/// [`linear`] (with a bias) or [`linear_no_bias`], whose weight and bias gradients go to
+/// `sinks`; x's gradient still goes through candle.
+pub fn linear_with_sinks(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    sinks: &LinearSinks,
+) -> Result<Tensor> {
+    check(x, weight, bias)?;
+    let (x, weight) = (x.contiguous()?, weight.contiguous()?);
+    let sinks = Some(sinks.clone());
+    match bias {
+        Some(bias) => x.apply_op3(&weight, &bias.contiguous()?, Linear { sinks }),
+        None => x.apply_op2(&weight, LinearNoBias { sinks }),
+    }
+}
+
+/// Hands a parameter gradient to its sink when there is one; what candle should get.
+fn route(gradient: Option<Tensor>, sink: Option<&GradientSink>) -> Result<Option<Tensor>> {
+    match (gradient, sink) {
+        (Some(gradient), Some(sink)) => {
+            sink.add(Gradient::Dense(gradient))?;
+            Ok(None)
+        }
+        (gradient, _) => Ok(gradient),
+    }
 }
 
 fn check(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<()> {
@@ -286,7 +331,9 @@ fn column_sums(values: &[f32], columns: usize) -> Vec<f32> {
         )
 }
 
-struct Linear;
+struct Linear {
+    sinks: Option<LinearSinks>,
+}
 
 impl CustomOp3 for Linear {
     fn name(&self) -> &'static str {
@@ -314,16 +361,22 @@ impl CustomOp3 for Linear {
         &self,
         x: &Tensor,
         weight: &Tensor,
-        _bias: &Tensor,
+        bias: &Tensor,
         _y: &Tensor,
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, db) = backward(x, weight, dy, true)?;
+        let sinks = self.sinks.as_ref();
+        let dw = route(dw, sinks.map(|s| &s.weight))?;
+        // A frozen bias (a detached tensor) gets no gradient, as candle would give it none.
+        let db = route(db.filter(|_| bias.track_op()), sinks.map(|s| &s.bias))?;
         Ok((Some(dx), dw, db))
     }
 }
 
-struct LinearNoBias;
+struct LinearNoBias {
+    sinks: Option<LinearSinks>,
+}
 
 impl CustomOp2 for LinearNoBias {
     fn name(&self) -> &'static str {
@@ -352,6 +405,6 @@ impl CustomOp2 for LinearNoBias {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let (dx, dw, _) = backward(x, weight, dy, false)?;
-        Ok((Some(dx), dw))
+        Ok((Some(dx), route(dw, self.sinks.as_ref().map(|s| &s.weight))?))
     }
 }

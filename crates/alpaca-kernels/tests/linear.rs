@@ -104,3 +104,65 @@ fn a_frozen_weight_gets_no_gradient_and_the_input_the_same_one() {
         "dx",
     );
 }
+
+/// With sinks the weight and bias gradients are the store's, left in the sinks (summed over
+/// two backward passes) while the store holds only x's; a frozen bias sends nothing.
+#[test]
+fn gradients_in_sinks_equal_the_stores() {
+    use alpaca_kernels::{linear_with_sinks, LinearSinks};
+    use candle_core::Var;
+    let x = Var::from_tensor(&rand_tensor(&[2, 9, 24], 12, 1.0)).unwrap();
+    let w = Var::from_tensor(&rand_tensor(&[14, 24], 13, 0.5)).unwrap();
+    let b = Var::from_tensor(&rand_tensor(&[14], 14, 0.5)).unwrap();
+    let lw = rand_tensor(&[2, 9, 14], 15, 1.0);
+    let loss = |y: Tensor| y.mul(&lw).unwrap().sum_all().unwrap();
+    let (x_, w_, b_) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
+    let store = loss(linear(x_, w_, b_).unwrap()).backward().unwrap();
+    let sinks = LinearSinks::default();
+    for _ in 0..2 {
+        let sunk = loss(linear_with_sinks(x_, w_, Some(b_), &sinks).unwrap())
+            .backward()
+            .unwrap();
+        assert!(sunk.get(w_).is_none() && sunk.get(b_).is_none());
+        assert_close(
+            sunk.get(x_).unwrap(),
+            store.get(x_).unwrap(),
+            0.0,
+            0.0,
+            "dx",
+        );
+    }
+    let twice = |t: &Tensor| t.affine(2.0, 0.0).unwrap();
+    let dense = |sink: &alpaca_kernels::GradientSink| sink.take().unwrap().to_dense().unwrap();
+    assert_close(
+        &dense(&sinks.weight),
+        &twice(store.get(w_).unwrap()),
+        0.0,
+        1e-6,
+        "dW",
+    );
+    assert_close(
+        &dense(&sinks.bias),
+        &twice(store.get(b_).unwrap()),
+        0.0,
+        1e-6,
+        "db",
+    );
+
+    let frozen_bias = b_.detach();
+    loss(linear_with_sinks(x_, w_, Some(&frozen_bias), &sinks).unwrap())
+        .backward()
+        .unwrap();
+    assert!(sinks.bias.take().is_none(), "a frozen bias got a gradient");
+    assert!(sinks.weight.take().is_some());
+    loss(linear_with_sinks(x_, w_, None, &sinks).unwrap())
+        .backward()
+        .unwrap();
+    assert_close(
+        &dense(&sinks.weight),
+        store.get(w_).unwrap(),
+        0.0,
+        0.0,
+        "no-bias dW",
+    );
+}

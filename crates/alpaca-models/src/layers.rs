@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use alpaca_kernels::{GradientSink, PackedLinear};
+use alpaca_kernels::{GradientSink, LinearSinks, PackedLinear};
 use candle_core::{Tensor, Var};
 
 use crate::checkpoint::{Init, WeightLoader};
@@ -15,6 +15,9 @@ pub struct Linear {
     /// Weight and bias packed for inference ([`Linear::pack_for_inference`]): when present,
     /// `forward` uses them and the layer no longer trains.
     packed: Option<Arc<PackedLinear>>,
+    /// Where the weight and bias gradients go instead of candle's store, reported by
+    /// [`crate::Parameters::gradients`] (`alpaca_kernels::LinearSinks`).
+    sinks: Option<LinearSinks>,
 }
 
 impl Linear {
@@ -23,6 +26,7 @@ impl Linear {
             weight,
             bias,
             packed: None,
+            sinks: None,
         }
     }
 
@@ -62,27 +66,38 @@ impl Linear {
             Init::Normal(initializer_range),
         )?;
         let bias = loader.take(&format!("{prefix}.bias"), &[out_features], Init::Zeros)?;
-        Ok(Self::new(weight, Some(bias)))
+        let sinks = loader
+            .gradient_sink(&format!("{prefix}.weight"))
+            .zip(loader.gradient_sink(&format!("{prefix}.bias")))
+            .map(|(weight, bias)| LinearSinks { weight, bias });
+        Ok(Self {
+            sinks,
+            ..Self::new(weight, Some(bias))
+        })
     }
 
     /// `x Wᵀ` without the bias, for callers that fuse the bias into the next op.
     /// x: [..., in] → [..., out]
     pub fn forward_without_bias(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(alpaca_kernels::linear_no_bias(x, self.weight.as_tensor())?)
+        let weight = self.weight.as_tensor();
+        Ok(match &self.sinks {
+            Some(sinks) => alpaca_kernels::linear_with_sinks(x, weight, None, sinks)?,
+            None => alpaca_kernels::linear_no_bias(x, weight)?,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if let Some(packed) = &self.packed {
             return Ok(alpaca_kernels::packed_linear(x, packed)?);
         }
-        match &self.bias {
-            Some(bias) => Ok(alpaca_kernels::linear(
-                x,
-                self.weight.as_tensor(),
-                bias.as_tensor(),
-            )?),
-            None => self.forward_without_bias(x),
-        }
+        let (weight, bias) = (self.weight.as_tensor(), self.bias.as_ref());
+        Ok(match (bias, &self.sinks) {
+            (Some(bias), Some(sinks)) => {
+                alpaca_kernels::linear_with_sinks(x, weight, Some(bias.as_tensor()), sinks)?
+            }
+            (Some(bias), None) => alpaca_kernels::linear(x, weight, bias.as_tensor())?,
+            (None, _) => self.forward_without_bias(x)?,
+        })
     }
 }
 
