@@ -17,6 +17,8 @@
 
 use rayon::prelude::*;
 
+use crate::util::zeroed;
+
 /// Rows of A (and C) per micro-kernel call: 12 rows × 2 registers = 24 accumulators, which with
 /// the two B registers and a broadcast leaves the 32 AVX-512 registers unspilled.
 const MR: usize = 12;
@@ -72,7 +74,10 @@ impl PackedB {
         );
         let pairs = k.div_ceil(2);
         let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * pairs * NR];
+        let len = panels * pairs * NR;
+        // Zeroed panel by panel by the packing tasks rather than up front: a zero-filled
+        // vec! of a 1536 × 384 weight was a serial pass the other threads waited for.
+        let mut data: Vec<u32> = Vec::with_capacity(len);
         let at = |i: usize, j: usize| {
             if i < k {
                 source[i * row_stride + j * column_stride]
@@ -81,9 +86,11 @@ impl PackedB {
             }
         };
         // (k = 0 leaves no words to fill, and chunks of 0 are refused.)
-        data.par_chunks_mut((pairs * NR).max(1))
+        data.spare_capacity_mut()[..len]
+            .par_chunks_mut((pairs * NR).max(1))
             .enumerate()
             .for_each(|(panel, words)| {
+                let words = zeroed(words);
                 let columns = (n - panel * NR).min(NR);
                 // Walk the source along its unit stride: down k for a weight read as Wᵀ
                 // (row stride 1), across n otherwise.
@@ -123,6 +130,8 @@ impl PackedB {
                     }
                 }
             });
+        // SAFETY: the tasks zeroed (then filled) every one of the len words.
+        unsafe { data.set_len(len) };
         Self { k, n, pairs, data }
     }
 

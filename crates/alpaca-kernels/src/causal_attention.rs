@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::dropout::Dropout;
 use crate::math;
-use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
+use crate::util::{check_f32_cpu, par_new, slice_f32, tensor_from, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -357,38 +357,34 @@ impl CausalAttention {
     /// o [B, Hq, Tq, D] from contiguous q [B, Hq, Tq, D], k and v [B, Hkv, Tk, D].
     pub(crate) fn forward(&self, dims: Dims, q: &[f32], k: &[f32], v: &[f32]) -> Vec<f32> {
         let (tq, tk, d, groups) = (dims.tq, dims.tk, dims.d, dims.groups());
-        let mut out = vec![0.0f32; q.len()];
-        if out.is_empty() || tk == 0 {
-            return out;
+        if q.is_empty() || tk == 0 {
+            return vec![0.0f32; q.len()];
         }
         let group = groups * tq * d;
-        out.par_chunks_mut(group)
-            .zip(q.par_chunks(group))
-            .enumerate()
-            .for_each(|(task, (o_group, q_group))| {
-                let batch = task / dims.hkv;
-                let k_head = &k[task * tk * d..][..tk * d];
-                let v_head = &v[task * tk * d..][..tk * d];
-                let mut scratch = Scratch::new(dims, false);
-                for block in dims.blocks() {
-                    gather(dims, block, q_group, &mut scratch.q);
-                    self.probabilities(dims, batch, block, &scratch.q, k_head, &mut scratch.p);
-                    self.drop_probabilities(dims, task, block, &mut scratch.p);
-                    gemm_block(
-                        (groups * block.rows, d, block.keys),
-                        &mut scratch.o,
-                        d,
-                        false,
-                        1.0,
-                        &scratch.p,
-                        (block.keys, 1),
-                        v_head,
-                        (d, 1),
-                    );
-                    scatter(dims, block, &scratch.o, o_group);
-                }
-            });
-        out
+        par_new(q.len(), group, |task, o_group| {
+            let q_group = &q[task * group..][..group];
+            let batch = task / dims.hkv;
+            let k_head = &k[task * tk * d..][..tk * d];
+            let v_head = &v[task * tk * d..][..tk * d];
+            let mut scratch = Scratch::new(dims, false);
+            for block in dims.blocks() {
+                gather(dims, block, q_group, &mut scratch.q);
+                self.probabilities(dims, batch, block, &scratch.q, k_head, &mut scratch.p);
+                self.drop_probabilities(dims, task, block, &mut scratch.p);
+                gemm_block(
+                    (groups * block.rows, d, block.keys),
+                    &mut scratch.o,
+                    d,
+                    false,
+                    1.0,
+                    &scratch.p,
+                    (block.keys, 1),
+                    v_head,
+                    (d, 1),
+                );
+                scatter(dims, block, &scratch.o, o_group);
+            }
+        })
     }
 
     /// (dq, dk, dv) in the layouts of q, k and v, from dout in o's.

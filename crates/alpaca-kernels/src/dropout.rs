@@ -4,7 +4,7 @@
 //!   keep_i = u(seed, i) ≥ p,   u ∈ [0, 1) from splitmix64(seed-key + i·γ) (top 24 bits)
 //!   y_i = keep_i ? x_i / (1 − p) : 0,      dx_i = keep_i ? dy_i / (1 − p) : 0
 
-use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
+use crate::util::{check_f32_cpu, par_new, slice_f32, tensor_from, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -105,9 +105,13 @@ impl Dropout {
 
     /// x · mask · scale, element i of `src` having index i.
     pub(crate) fn run(&self, src: &[f32]) -> Vec<f32> {
-        let mut dst = vec![0.0f32; src.len()];
-        self.run_into::<false>(src, &mut dst);
-        dst
+        par_new(src.len(), CHUNK, |c, d| {
+            let s = &src[c * CHUNK..][..d.len()];
+            crate::math::simd(
+                #[inline(always)]
+                || self.apply::<false>(c * CHUNK, s, d),
+            )
+        })
     }
 
     /// dst += src · mask · scale, with the masks [`Dropout::run`] uses for the same indices.

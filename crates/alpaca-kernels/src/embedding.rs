@@ -12,10 +12,9 @@
 use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::gradient::{Gradient, GradientSink, RowGradient};
-use crate::util::{check_f32_cpu, slice_f32, with_f32};
+use crate::util::{check_f32_cpu, par_new, slice_f32, with_f32};
 
 /// `table` [V, H] rows at `ids` [b, t] (u32) → [b, t, H]. Differentiable w.r.t. the table,
 /// whose gradient goes to `sink` as rows (candle's gradient store gets none for it).
@@ -62,10 +61,10 @@ impl CustomOp1 for Lookup {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let table = slice_f32(self.name(), storage, layout)?;
         let width = self.width;
-        let mut out = vec![0.0f32; self.ids.len() * width];
-        out.par_chunks_mut(width)
-            .zip(self.ids.par_iter())
-            .for_each(|(row, &id)| row.copy_from_slice(&table[id as usize * width..][..width]));
+        let out = par_new(self.ids.len() * width, width, |index, row| {
+            let id = self.ids[index] as usize;
+            row.copy_from_slice(&table[id * width..][..width])
+        });
         Ok((CpuStorage::F32(out), Shape::from((self.ids.len(), width))))
     }
 

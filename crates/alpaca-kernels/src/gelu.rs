@@ -4,9 +4,10 @@
 //!   gelu'(x) = Φ(x) + x · φ(x),    φ = standard normal density
 
 use crate::math;
-use crate::util::{check_f32_cpu, rows_per_task, slice_f32, tensor_from, with_f32};
+use crate::util::{
+    check_f32_cpu, par_new, par_new_reduce, rows_per_task, slice_f32, tensor_from, with_f32,
+};
 use candle_core::{bail, CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Elements per rayon task for element-wise kernels.
 const CHUNK: usize = 16 * 1024;
@@ -44,19 +45,17 @@ impl CustomOp1 for Gelu {
     // forward: y = x · Φ(x)   (any shape, element-wise)
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = slice_f32(self.name(), s, l)?;
-        let mut y = vec![0.0f32; x.len()];
-        y.par_chunks_mut(CHUNK)
-            .zip(x.par_chunks(CHUNK))
-            .for_each(|(yc, xc)| {
-                math::simd(
-                    #[inline(always)]
-                    || {
-                        for (o, &v) in yc.iter_mut().zip(xc) {
-                            *o = math::gelu(v);
-                        }
-                    },
-                )
-            });
+        let y = par_new(x.len(), CHUNK, |chunk, yc| {
+            let xc = &x[chunk * CHUNK..][..yc.len()];
+            math::simd(
+                #[inline(always)]
+                || {
+                    for (o, &v) in yc.iter_mut().zip(xc) {
+                        *o = math::gelu(v);
+                    }
+                },
+            )
+        });
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -65,21 +64,18 @@ impl CustomOp1 for Gelu {
         let name = self.name();
         let dx = with_f32(name, x, |x| {
             with_f32(name, dy, |dy| {
-                let mut dx = vec![0.0f32; x.len()];
-                dx.par_chunks_mut(CHUNK)
-                    .zip(x.par_chunks(CHUNK))
-                    .zip(dy.par_chunks(CHUNK))
-                    .for_each(|((o, xc), gc)| {
-                        math::simd(
-                            #[inline(always)]
-                            || {
-                                for ((o, &v), &g) in o.iter_mut().zip(xc).zip(gc) {
-                                    *o = g * math::gelu_grad(v);
-                                }
-                            },
-                        )
-                    });
-                Ok(dx)
+                Ok(par_new(x.len(), CHUNK, |chunk, o| {
+                    let start = chunk * CHUNK;
+                    let (xc, gc) = (&x[start..][..o.len()], &dy[start..][..o.len()]);
+                    math::simd(
+                        #[inline(always)]
+                        || {
+                            for ((o, &v), &g) in o.iter_mut().zip(xc).zip(gc) {
+                                *o = g * math::gelu_grad(v);
+                            }
+                        },
+                    )
+                }))
             })
         })?;
         Ok(Some(tensor_from(dx, x.shape())?))
@@ -104,17 +100,15 @@ impl CustomOp2 for BiasGelu {
         let x = slice_f32(self.name(), s1, l1)?;
         let b = slice_f32(self.name(), s2, l2)?;
         let c = b.len();
-        let mut y = vec![0.0f32; x.len()];
         let rows = rows_per_task(c);
-        y.par_chunks_mut(rows * c)
-            .zip(x.par_chunks(rows * c))
-            .for_each(|(yb, xb)| {
-                for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
-                    for ((o, &v), &bi) in yr.iter_mut().zip(xr).zip(b) {
-                        *o = math::gelu(v + bi);
-                    }
+        let y = par_new(x.len(), rows * c, |block, yb| {
+            let xb = &x[block * rows * c..][..yb.len()];
+            for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
+                for ((o, &v), &bi) in yr.iter_mut().zip(xr).zip(b) {
+                    *o = math::gelu(v + bi);
                 }
-            });
+            }
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -133,13 +127,13 @@ impl CustomOp2 for BiasGelu {
         let (dx, db) = with_f32(name, x, |x| {
             with_f32(name, bias, |b| {
                 with_f32(name, dy, |dy| {
-                    let mut dx = vec![0.0f32; x.len()];
                     let rows = rows_per_task(c);
-                    let db = dx
-                        .par_chunks_mut(rows * c)
-                        .zip(x.par_chunks(rows * c))
-                        .zip(dy.par_chunks(rows * c))
-                        .map(|((dxb, xb), gb)| {
+                    let (dx, db) = par_new_reduce(
+                        x.len(),
+                        rows * c,
+                        |block, dxb| {
+                            let start = block * rows * c;
+                            let (xb, gb) = (&x[start..][..dxb.len()], &dy[start..][..dxb.len()]);
                             let mut db = vec![0.0f32; c];
                             for ((dxr, xr), gr) in dxb
                                 .chunks_exact_mut(c)
@@ -155,14 +149,13 @@ impl CustomOp2 for BiasGelu {
                                 }
                             }
                             db
-                        })
-                        .reduce(
-                            || vec![0.0f32; c],
-                            |mut a, b| {
-                                a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
-                                a
-                            },
-                        );
+                        },
+                        || vec![0.0f32; c],
+                        |mut a, b| {
+                            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                            a
+                        },
+                    );
                     Ok((dx, db))
                 })
             })

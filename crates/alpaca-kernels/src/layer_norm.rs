@@ -5,9 +5,10 @@
 //!   xhat = (x - mean) · rstd,  y = xhat · weight + bias
 
 use crate::math;
-use crate::util::{check_f32_cpu, rows_per_task, slice_f32, tensor_from, with_f32};
+use crate::util::{
+    check_f32_cpu, par_new, par_new_reduce, rows_per_task, slice_f32, tensor_from, with_f32,
+};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// Layer norm over the last dim of `x` with per-channel `weight` and `bias` ([C] each).
 /// Differentiable w.r.t. all three.
@@ -84,23 +85,21 @@ impl CustomOp3 for LayerNorm {
         let w = slice_f32(name, s2, l2)?;
         let b = slice_f32(name, s3, l3)?;
         let c = w.len();
-        let mut y = vec![0.0f32; x.len()];
         let rows = rows_per_task(c);
-        y.par_chunks_mut(rows * c)
-            .zip(x.par_chunks(rows * c))
-            .for_each(|(yb, xb)| {
-                math::simd(
-                    #[inline(always)]
-                    || {
-                        for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
-                            let (mean, rstd) = row_stats(xr, self.eps);
-                            for (((yo, &xi), &wi), &bi) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                                *yo = (xi - mean) * rstd * wi + bi;
-                            }
+        let y = par_new(x.len(), rows * c, |block, yb| {
+            let xb = &x[block * rows * c..][..yb.len()];
+            math::simd(
+                #[inline(always)]
+                || {
+                    for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
+                        let (mean, rstd) = row_stats(xr, self.eps);
+                        for (((yo, &xi), &wi), &bi) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                            *yo = (xi - mean) * rstd * wi + bi;
                         }
-                    },
-                )
-            });
+                    }
+                },
+            )
+        });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -136,14 +135,14 @@ impl CustomOp3 for LayerNorm {
 /// Returns (dx [N·C], dw [C], db [C]).
 fn layer_norm_bwd(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let c = w.len();
-    let mut dx = vec![0.0f32; x.len()];
     let rows = rows_per_task(c);
     // Each task accumulates its own dw/db over its rows; the partials are summed after.
-    let (dw, db) = dx
-        .par_chunks_mut(rows * c)
-        .zip(x.par_chunks(rows * c))
-        .zip(dy.par_chunks(rows * c))
-        .map(|((dxb, xb), dyb)| {
+    let (dx, (dw, db)) = par_new_reduce(
+        x.len(),
+        rows * c,
+        |block, dxb| {
+            let start = block * rows * c;
+            let (xb, dyb) = (&x[start..][..dxb.len()], &dy[start..][..dxb.len()]);
             math::simd(
                 #[inline(always)]
                 || {
@@ -178,14 +177,13 @@ fn layer_norm_bwd(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Vec<f32>, Vec<
                     (dw, db)
                 },
             )
-        })
-        .reduce(
-            || (vec![0.0f32; c], vec![0.0f32; c]),
-            |(mut aw, mut ab), (bw, bb)| {
-                aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
-                ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
-                (aw, ab)
-            },
-        );
+        },
+        || (vec![0.0f32; c], vec![0.0f32; c]),
+        |(mut aw, mut ab), (bw, bb)| {
+            aw.iter_mut().zip(&bw).for_each(|(a, b)| *a += b);
+            ab.iter_mut().zip(&bb).for_each(|(a, b)| *a += b);
+            (aw, ab)
+        },
+    );
     (dx, dw, db)
 }

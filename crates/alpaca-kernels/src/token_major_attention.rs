@@ -17,13 +17,12 @@
 use std::sync::Arc;
 
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::causal_attention::{check_head_groups, check_operands, key_mask, CausalAttention, Dims};
 use crate::dropout::Dropout;
 use crate::packed_tokens::{PackedTokens, NO_ROW};
 use crate::rope::{Rope, RopeTables};
-use crate::util::{slice_f32, tensor_from, with_f32};
+use crate::util::{par_new, slice_f32, tensor_from, with_f32};
 
 /// q [B, T, Hq·D], k and v [B, T, Hkv·D] (Hq a multiple of Hkv, D the tables' head size) →
 /// attention output [B, T, Hq·D], with rope applied to q and k at positions 0..T, the
@@ -212,16 +211,12 @@ struct TokenMajorAttention {
 /// [O, M, N, D] → [O, N, M, D]: between token-major [batch, T, H, D] and head-major
 /// [batch, H, T, D], either way.
 fn swap_middle(x: &[f32], m: usize, n: usize, d: usize) -> Vec<f32> {
-    let mut out = vec![0.0f32; x.len()];
-    out.par_chunks_mut(m * d)
-        .enumerate()
-        .for_each(|(outer_and_j, rows)| {
-            let (outer, j) = (outer_and_j / n, outer_and_j % n);
-            for (i, row) in rows.chunks_exact_mut(d).enumerate() {
-                row.copy_from_slice(&x[((outer * m + i) * n + j) * d..][..d]);
-            }
-        });
-    out
+    par_new(x.len(), m * d, |outer_and_j, rows| {
+        let (outer, j) = (outer_and_j / n, outer_and_j % n);
+        for (i, row) in rows.chunks_exact_mut(d).enumerate() {
+            row.copy_from_slice(&x[((outer * m + i) * n + j) * d..][..d]);
+        }
+    })
 }
 
 /// [B, T, H, D] → [B, H, T, D], `heads` = H.
@@ -237,10 +232,10 @@ fn to_token_major(x: &[f32], t: usize, heads: usize, d: usize) -> Vec<f32> {
 /// Packed rows [n, H, D] → head-major [B, H, T, D], padding slots zero.
 fn packed_to_head_major(x: &[f32], tokens: &PackedTokens, heads: usize, d: usize) -> Vec<f32> {
     let t = tokens.length();
-    let mut out = vec![0.0f32; tokens.batch() * heads * t * d];
-    out.par_chunks_mut(t * d)
-        .enumerate()
-        .for_each(|(batch_and_head, rows)| {
+    par_new(
+        tokens.batch() * heads * t * d,
+        t * d,
+        |batch_and_head, rows| {
             let (batch, head) = (batch_and_head / heads, batch_and_head % heads);
             for (i, row) in rows.chunks_exact_mut(d).enumerate() {
                 let packed = tokens.row_of_slot(batch * t + i);
@@ -248,23 +243,21 @@ fn packed_to_head_major(x: &[f32], tokens: &PackedTokens, heads: usize, d: usize
                     row.copy_from_slice(&x[(packed as usize * heads + head) * d..][..d]);
                 }
             }
-        });
-    out
+        },
+    )
 }
 
 /// Head-major [B, H, T, D] → packed rows [n, H, D] (padding slots dropped).
 fn head_major_to_packed(x: &[f32], tokens: &PackedTokens, heads: usize, d: usize) -> Vec<f32> {
     let t = tokens.length();
-    let mut out = vec![0.0f32; tokens.rows() * heads * d];
-    out.par_chunks_mut(heads * d)
-        .zip(tokens.slots().par_iter())
-        .for_each(|(row, &slot)| {
-            let (batch, i) = (slot as usize / t, slot as usize % t);
-            for (head, part) in row.chunks_exact_mut(d).enumerate() {
-                part.copy_from_slice(&x[((batch * heads + head) * t + i) * d..][..d]);
-            }
-        });
-    out
+    let slots = tokens.slots();
+    par_new(tokens.rows() * heads * d, heads * d, |packed, row| {
+        let slot = slots[packed] as usize;
+        let (batch, i) = (slot / t, slot % t);
+        for (head, part) in row.chunks_exact_mut(d).enumerate() {
+            part.copy_from_slice(&x[((batch * heads + head) * t + i) * d..][..d]);
+        }
+    })
 }
 
 impl TokenMajorAttention {

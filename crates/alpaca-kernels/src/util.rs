@@ -1,6 +1,9 @@
 //! Shared plumbing: dtype/device checks and borrowing a tensor's f32 data as a slice.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{bail, CpuStorage, DType, Device, Layout, Result, Shape, Storage, Tensor};
+use rayon::prelude::*;
 
 /// Rows handed to one rayon task: enough work to amortise scheduling.
 pub(crate) fn rows_per_task(row_len: usize) -> usize {
@@ -39,6 +42,50 @@ pub(crate) fn with_f32<R>(op: &str, t: &Tensor, f: impl FnOnce(&[f32]) -> Result
         bail!("{op}: tensor is not on the CPU")
     };
     f(slice_f32(op, cs, l)?)
+}
+
+/// Zeroes `values` and returns them as initialised.
+pub(crate) fn zeroed<T: Copy + Default>(values: &mut [MaybeUninit<T>]) -> &mut [T] {
+    for value in values.iter_mut() {
+        value.write(T::default());
+    }
+    // SAFETY: every element was just written; MaybeUninit<T> has T's layout.
+    unsafe { &mut *(values as *mut [MaybeUninit<T>] as *mut [T]) }
+}
+
+/// A new vector of `len` values made in parallel: chunk `i` (elements `i·chunk..`) is zeroed
+/// and handed to `fill(i, values)` by the task that fills it.
+///
+/// Why not `vec![0.0; len]` and `par_chunks_mut`: that zero-fills the whole output in the
+/// calling thread first, a serial pass the other threads wait for; at a BERT step's sizes
+/// there were several per layer. Zeroing chunk by chunk runs in parallel, in cache.
+pub(crate) fn par_new(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync,
+) -> Vec<f32> {
+    par_new_reduce(len, chunk, fill, || (), |(), ()| ()).0
+}
+
+/// [`par_new`] whose chunks each return a value, combined with `reduce` from `identity`
+/// (the per-task partial sums of a bias gradient).
+pub(crate) fn par_new_reduce<T: Send>(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) -> T + Sync,
+    identity: impl Fn() -> T + Sync + Send,
+    reduce: impl Fn(T, T) -> T + Sync + Send,
+) -> (Vec<f32>, T) {
+    let mut values: Vec<f32> = Vec::with_capacity(len);
+    let result = values.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .map(|(index, part)| fill(index, zeroed(part)))
+        .reduce(identity, reduce);
+    // SAFETY: the chunks cover all len elements and every one was zeroed (a rayon `map` over
+    // an indexed iterator visits every chunk).
+    unsafe { values.set_len(len) };
+    (values, result)
 }
 
 /// A new CPU f32 tensor from `data` with `shape`.
@@ -96,4 +143,32 @@ pub(crate) fn gradients<const N: usize>(
         .and_then(|total| total.backward())
         .expect("backward of a test graph");
     inputs.map(|x| store.get(x).expect("every input gets a gradient").clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every element is made, the last chunk short, each from zero; the reduction sees every
+    /// chunk once; an empty vector has no chunks.
+    #[test]
+    fn parallel_vectors_are_whole() {
+        let (values, chunks) = par_new_reduce(
+            1003,
+            100,
+            |chunk, part| {
+                assert!(part.iter().all(|&v| v == 0.0));
+                part.iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = (chunk * 100 + i) as f32);
+                part.len()
+            },
+            || 0,
+            |a, b| a + b,
+        );
+        assert_eq!(chunks, 1003);
+        assert!(values.iter().enumerate().all(|(i, &v)| v == i as f32));
+        assert!(par_new(0, 8, |_, _| unreachable!()).is_empty());
+        assert_eq!(par_new(5, 2, |_, _| {}), vec![0.0; 5]);
+    }
 }
