@@ -4,39 +4,47 @@
 //!   mean = Σ x / C,  rstd = 1 / sqrt(Σ (x-mean)² / C + eps)   (biased variance, as torch)
 //!   xhat = (x - mean) · rstd,  y = xhat · weight + bias
 
+use crate::dropout::Dropout;
+use crate::gradient::{route, WeightBiasSinks};
 use crate::math;
 use crate::util::{
     check_f32_cpu, par_new, par_new_reduce, rows_per_task, slice_f32, tensor_from, with_f32,
 };
-use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{bail, CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// Layer norm over the last dim of `x` with per-channel `weight` and `bias` ([C] each).
 /// Differentiable w.r.t. all three.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     const OP: &str = "layer_norm";
     check_f32_cpu(OP, "x", x)?;
-    check_f32_cpu(OP, "weight", weight)?;
-    check_f32_cpu(OP, "bias", bias)?;
-    let c = match x.dims().last() {
-        Some(&c) if c > 0 => c,
-        _ => bail!(
-            "{OP}: x must have a non-empty last dimension, got shape {:?}",
-            x.shape()
-        ),
-    };
-    if weight.dims() != [c] || bias.dims() != [c] {
-        bail!(
-            "{OP}: weight and bias must have shape [{c}] (the last dim of x {:?}), got {:?} and {:?}",
-            x.shape(),
-            weight.shape(),
-            bias.shape()
-        )
-    }
+    check_parameters(OP, x, weight, bias)?;
     x.contiguous()?.apply_op3(
         &weight.contiguous()?,
         &bias.contiguous()?,
         LayerNorm { eps: eps as f32 },
     )
+}
+
+/// Errors unless weight and bias are f32 [C] with C the (non-empty) last dim of x.
+fn check_parameters(op: &str, x: &Tensor, weight: &Tensor, bias: &Tensor) -> Result<()> {
+    check_f32_cpu(op, "weight", weight)?;
+    check_f32_cpu(op, "bias", bias)?;
+    let c = match x.dims().last() {
+        Some(&c) if c > 0 => c,
+        _ => bail!(
+            "{op}: x must have a non-empty last dimension, got shape {:?}",
+            x.shape()
+        ),
+    };
+    if weight.dims() != [c] || bias.dims() != [c] {
+        bail!(
+            "{op}: weight and bias must have shape [{c}] (the last dim of x {:?}), got {:?} and {:?}",
+            x.shape(),
+            weight.shape(),
+            bias.shape()
+        )
+    }
+    Ok(())
 }
 
 struct LayerNorm {
@@ -84,22 +92,7 @@ impl CustomOp3 for LayerNorm {
         let x = slice_f32(name, s1, l1)?;
         let w = slice_f32(name, s2, l2)?;
         let b = slice_f32(name, s3, l3)?;
-        let c = w.len();
-        let rows = rows_per_task(c);
-        let y = par_new(x.len(), rows * c, |block, yb| {
-            let xb = &x[block * rows * c..][..yb.len()];
-            math::simd(
-                #[inline(always)]
-                || {
-                    for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
-                        let (mean, rstd) = row_stats(xr, self.eps);
-                        for (((yo, &xi), &wi), &bi) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-                            *yo = (xi - mean) * rstd * wi + bi;
-                        }
-                    }
-                },
-            )
-        });
+        let y = layer_norm_fwd(x, w, b, self.eps);
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -130,6 +123,26 @@ impl CustomOp3 for LayerNorm {
             Some(tensor_from(db, c)?),
         ))
     }
+}
+
+/// y [N·C] = layer norm of x [N·C] with weight and bias [C].
+fn layer_norm_fwd(x: &[f32], w: &[f32], b: &[f32], eps: f32) -> Vec<f32> {
+    let c = w.len();
+    let rows = rows_per_task(c);
+    par_new(x.len(), rows * c, |block, yb| {
+        let xb = &x[block * rows * c..][..yb.len()];
+        math::simd(
+            #[inline(always)]
+            || {
+                for (yr, xr) in yb.chunks_exact_mut(c).zip(xb.chunks_exact(c)) {
+                    let (mean, rstd) = row_stats(xr, eps);
+                    for (((yo, &xi), &wi), &bi) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+                        *yo = (xi - mean) * rstd * wi + bi;
+                    }
+                }
+            },
+        )
+    })
 }
 
 /// Returns (dx [N·C], dw [C], db [C]).
@@ -186,4 +199,136 @@ fn layer_norm_bwd(x: &[f32], w: &[f32], dy: &[f32], eps: f32) -> (Vec<f32>, Vec<
         },
     );
     (dx, dw, db)
+}
+
+/// `LayerNorm(dropout(x) + residual)`: BERT's "add & norm" after the attention output and
+/// after the feed-forward output, as one op whose weight and bias gradients go to `sinks`.
+///
+/// Why one op: as dropout, an add and a layer norm, candle's backward accumulated five
+/// gradients of the activations' size (each a zero-fill and an add in the calling thread
+/// alone); here there are two, x's and the residual's. The same numbers as the three ops:
+/// the dropout masks are those of [`crate::dropout`] with the same seed over x's elements.
+/// `dropout` is (probability, seed); probability 0 is none.
+pub fn residual_layer_norm(
+    x: &Tensor,
+    residual: &Tensor,
+    (weight, bias): (&Tensor, &Tensor),
+    eps: f64,
+    (probability, seed): (f32, u64),
+    sinks: &WeightBiasSinks,
+) -> Result<Tensor> {
+    const OP: &str = "residual_layer_norm";
+    check_f32_cpu(OP, "x", x)?;
+    check_f32_cpu(OP, "residual", residual)?;
+    if x.shape() != residual.shape() {
+        bail!(
+            "{OP}: x {:?} and the residual {:?} must have one shape",
+            x.shape(),
+            residual.shape()
+        )
+    }
+    check_parameters(OP, x, weight, bias)?;
+    let op = ResidualLayerNorm {
+        weight: weight.contiguous()?,
+        bias: bias.contiguous()?,
+        eps: eps as f32,
+        dropout: Dropout::active(OP, probability, seed)?,
+        sinks: sinks.clone(),
+    };
+    x.contiguous()?.apply_op2(&residual.contiguous()?, op)
+}
+
+struct ResidualLayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f32,
+    dropout: Option<Dropout>,
+    sinks: WeightBiasSinks,
+}
+
+impl ResidualLayerNorm {
+    /// h = dropout(x) + residual, the layer norm's input.
+    fn normalised_input(&self, x: &[f32], residual: &[f32]) -> Vec<f32> {
+        match &self.dropout {
+            Some(dropout) => {
+                let mut h = residual.to_vec();
+                dropout.accumulate(x, &mut h);
+                h
+            }
+            None => par_new(x.len(), ELEMENTS_PER_TASK, |chunk, h| {
+                let start = chunk * ELEMENTS_PER_TASK;
+                let (x, residual) = (&x[start..][..h.len()], &residual[start..][..h.len()]);
+                for ((h, &x), &r) in h.iter_mut().zip(x).zip(residual) {
+                    *h = x + r;
+                }
+            }),
+        }
+    }
+}
+
+/// Elements per task of the element-wise passes.
+const ELEMENTS_PER_TASK: usize = 16 * 1024;
+
+impl CustomOp2 for ResidualLayerNorm {
+    fn name(&self) -> &'static str {
+        "alpaca-residual-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let name = self.name();
+        let (x, residual) = (slice_f32(name, s1, l1)?, slice_f32(name, s2, l2)?);
+        let h = self.normalised_input(x, residual);
+        let y = with_f32(name, &self.weight, |w| {
+            with_f32(name, &self.bias, |b| Ok(layer_norm_fwd(&h, w, b, self.eps)))
+        })?;
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    // backward: dh = layer-norm backward at h (recomputed); dresidual = dh;
+    // dx = dh · mask · scale (the forward's mask, recomputed from the seed).
+    fn bwd(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        _res: &Tensor,
+        grad_res: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let name = self.name();
+        let c = self.weight.elem_count();
+        let (dh, dw, db) = with_f32(name, x, |x| {
+            with_f32(name, residual, |residual| {
+                with_f32(name, &self.weight, |w| {
+                    with_f32(name, grad_res, |dy| {
+                        let h = self.normalised_input(x, residual);
+                        Ok(layer_norm_bwd(&h, w, dy, self.eps))
+                    })
+                })
+            })
+        })?;
+        let dx = match &self.dropout {
+            Some(dropout) => Some(tensor_from(dropout.run(&dh), x.shape())?),
+            None => None,
+        };
+        let dh = tensor_from(dh, x.shape())?;
+        // A frozen weight or bias (a detached tensor) gets no gradient.
+        let trained = |t: &Tensor| t.track_op();
+        let dw = tensor_from(dw, c)?;
+        route(
+            Some(dw).filter(|_| trained(&self.weight)),
+            Some(&self.sinks.weight),
+        )?;
+        let db = tensor_from(db, c)?;
+        route(
+            Some(db).filter(|_| trained(&self.bias)),
+            Some(&self.sinks.bias),
+        )?;
+        // Without dropout x's gradient is dh itself: the same tensor, not a copy.
+        Ok((Some(dx.unwrap_or_else(|| dh.clone())), Some(dh)))
+    }
 }

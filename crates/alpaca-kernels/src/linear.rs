@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use crate::bf16_gemm::{self, PackedB};
 use crate::few_rows;
-use crate::gradient::{Gradient, GradientSink};
+use crate::gradient::{route, WeightBiasSinks};
 use crate::packed_linear::PackedLinear;
 use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
 use crate::Precision;
@@ -60,26 +60,13 @@ pub fn linear_no_bias(x: &Tensor, weight: &Tensor) -> Result<Tensor> {
         .apply_op2(&weight.contiguous()?, LinearNoBias { sinks: None })
 }
 
-/// Where a linear layer's weight and bias gradients go instead of candle's gradient store.
-///
-/// Why: the store accumulates each gradient into a zero-filled tensor of the parameter's size
-/// and then adds (`GradStore::or_insert`), single-threaded, even for the first and only
-/// gradient: for BERT's 10.6M linear weights that was a zero-fill, a read of two tensors and a
-/// write of a third per step while the other threads waited. A sink takes the tensor the
-/// products made as it is.
-#[derive(Debug, Clone, Default)]
-pub struct LinearSinks {
-    pub weight: GradientSink,
-    pub bias: GradientSink,
-}
-
 /// [`linear`] (with a bias) or [`linear_no_bias`], whose weight and bias gradients go to
 /// `sinks`; x's gradient still goes through candle.
 pub fn linear_with_sinks(
     x: &Tensor,
     weight: &Tensor,
     bias: Option<&Tensor>,
-    sinks: &LinearSinks,
+    sinks: &WeightBiasSinks,
 ) -> Result<Tensor> {
     check(x, weight, bias)?;
     let (x, weight) = (x.contiguous()?, weight.contiguous()?);
@@ -87,17 +74,6 @@ pub fn linear_with_sinks(
     match bias {
         Some(bias) => x.apply_op3(&weight, &bias.contiguous()?, Linear { sinks }),
         None => x.apply_op2(&weight, LinearNoBias { sinks }),
-    }
-}
-
-/// Hands a parameter gradient to its sink when there is one; what candle should get.
-fn route(gradient: Option<Tensor>, sink: Option<&GradientSink>) -> Result<Option<Tensor>> {
-    match (gradient, sink) {
-        (Some(gradient), Some(sink)) => {
-            sink.add(Gradient::Dense(gradient))?;
-            Ok(None)
-        }
-        (gradient, _) => Ok(gradient),
     }
 }
 
@@ -332,7 +308,7 @@ fn column_sums(values: &[f32], columns: usize) -> Vec<f32> {
 }
 
 struct Linear {
-    sinks: Option<LinearSinks>,
+    sinks: Option<WeightBiasSinks>,
 }
 
 impl CustomOp3 for Linear {
@@ -375,7 +351,7 @@ impl CustomOp3 for Linear {
 }
 
 struct LinearNoBias {
-    sinks: Option<LinearSinks>,
+    sinks: Option<WeightBiasSinks>,
 }
 
 impl CustomOp2 for LinearNoBias {

@@ -73,3 +73,50 @@ fn errors_not_panics() {
     let e = layer_norm(&x, &w, &w, 1e-5).unwrap_err().to_string();
     assert!(e.contains("[5]"), "{e}");
 }
+
+/// The fused LayerNorm(dropout(x) + residual) gives the three ops' output and gradients, with
+/// and without dropout; its weight and bias gradients arrive in the sinks, x's and the
+/// residual's in the store.
+#[test]
+fn residual_layer_norm_equals_dropout_add_and_layer_norm() {
+    use alpaca_kernels::{dropout, residual_layer_norm, WeightBiasSinks};
+    let x = rand_tensor(&[2, 700, 48], 30, 1.0);
+    let residual = rand_tensor(&[2, 700, 48], 31, 1.0);
+    let w = rand_tensor(&[48], 32, 0.5);
+    let b = rand_tensor(&[48], 33, 0.5);
+    let lw = rand_tensor(&[2, 700, 48], 34, 1.0);
+    for probability in [0.0, 0.1] {
+        let seed = 77;
+        let (yr, gr) = autograd(&[&x, &residual, &w, &b], &lw, |t| {
+            let dropped = dropout(&t[0], probability, seed)?;
+            layer_norm(&(dropped + &t[1])?, &t[2], &t[3], 1e-12)
+        });
+        let sinks = WeightBiasSinks::default();
+        let (y, g) = autograd(&[&x, &residual, &w, &b], &lw, |t| {
+            let parameters = (&t[2], &t[3]);
+            residual_layer_norm(&t[0], &t[1], parameters, 1e-12, (probability, seed), &sinks)
+        });
+        let what = |name: &str| format!("{name}, dropout {probability}");
+        assert_close(&y, &yr, 0.0, 0.0, &what("output"));
+        assert_close(&g[0], &gr[0], 1e-6, 1e-5, &what("dx"));
+        assert_close(&g[1], &gr[1], 1e-6, 1e-5, &what("dresidual"));
+        // The store got none for the weight and bias (autograd reports zeros), the sinks did.
+        assert_eq!(
+            flat(&g[2])
+                .iter()
+                .chain(&flat(&g[3]))
+                .filter(|&&v| v != 0.0)
+                .count(),
+            0
+        );
+        let taken = |sink: &alpaca_kernels::GradientSink| sink.take().unwrap().to_dense().unwrap();
+        assert_close(&taken(&sinks.weight), &gr[2], 1e-5, 1e-5, &what("dweight"));
+        assert_close(&taken(&sinks.bias), &gr[3], 1e-5, 1e-5, &what("dbias"));
+    }
+    let sinks = WeightBiasSinks::default();
+    let short = rand_tensor(&[2, 699, 48], 35, 1.0);
+    let error = residual_layer_norm(&x, &short, (&w, &b), 1e-12, (0.0, 0), &sinks)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("must have one shape"), "{error}");
+}

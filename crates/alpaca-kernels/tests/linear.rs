@@ -109,7 +109,7 @@ fn a_frozen_weight_gets_no_gradient_and_the_input_the_same_one() {
 /// two backward passes) while the store holds only x's; a frozen bias sends nothing.
 #[test]
 fn gradients_in_sinks_equal_the_stores() {
-    use alpaca_kernels::{linear_with_sinks, LinearSinks};
+    use alpaca_kernels::{linear_with_sinks, WeightBiasSinks};
     use candle_core::Var;
     let x = Var::from_tensor(&rand_tensor(&[2, 9, 24], 12, 1.0)).unwrap();
     let w = Var::from_tensor(&rand_tensor(&[14, 24], 13, 0.5)).unwrap();
@@ -118,7 +118,7 @@ fn gradients_in_sinks_equal_the_stores() {
     let loss = |y: Tensor| y.mul(&lw).unwrap().sum_all().unwrap();
     let (x_, w_, b_) = (x.as_tensor(), w.as_tensor(), b.as_tensor());
     let store = loss(linear(x_, w_, b_).unwrap()).backward().unwrap();
-    let sinks = LinearSinks::default();
+    let sinks = WeightBiasSinks::default();
     for _ in 0..2 {
         let sunk = loss(linear_with_sinks(x_, w_, Some(b_), &sinks).unwrap())
             .backward()

@@ -346,8 +346,14 @@ impl BertModel {
             probabilities_dropout,
         )?;
         let attended = attention.output.forward(&context)?;
-        let attended = dropout(&attended, config.hidden_dropout_prob, mode, site + 1)?;
-        let x = attention.layer_norm.forward(&(attended + x)?)?;
+        let hidden_dropout = config.hidden_dropout_prob;
+        let x = (attention.layer_norm).forward_residual(
+            &attended,
+            x,
+            hidden_dropout,
+            mode,
+            site + 1,
+        )?;
 
         let feed_forward = &layer.feed_forward;
         let intermediate = if feed_forward.intermediate.is_packed() {
@@ -365,7 +371,6 @@ impl BertModel {
             )?
         };
         let output = feed_forward.output.forward(&intermediate)?;
-        let output = dropout(&output, config.hidden_dropout_prob, mode, site + 2)?;
-        feed_forward.layer_norm.forward(&(output + x)?)
+        (feed_forward.layer_norm).forward_residual(&output, &x, hidden_dropout, mode, site + 2)
     }
 }

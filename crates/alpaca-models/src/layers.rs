@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use alpaca_kernels::{GradientSink, LinearSinks, PackedLinear};
+use alpaca_kernels::{GradientSink, PackedLinear, WeightBiasSinks};
 use candle_core::{Tensor, Var};
 
 use crate::checkpoint::{Init, WeightLoader};
@@ -16,8 +16,8 @@ pub struct Linear {
     /// `forward` uses them and the layer no longer trains.
     packed: Option<Arc<PackedLinear>>,
     /// Where the weight and bias gradients go instead of candle's store, reported by
-    /// [`crate::Parameters::gradients`] (`alpaca_kernels::LinearSinks`).
-    sinks: Option<LinearSinks>,
+    /// [`crate::Parameters::gradients`] (`alpaca_kernels::WeightBiasSinks`).
+    sinks: Option<WeightBiasSinks>,
 }
 
 impl Linear {
@@ -66,12 +66,8 @@ impl Linear {
             Init::Normal(initializer_range),
         )?;
         let bias = loader.take(&format!("{prefix}.bias"), &[out_features], Init::Zeros)?;
-        let sinks = loader
-            .gradient_sink(&format!("{prefix}.weight"))
-            .zip(loader.gradient_sink(&format!("{prefix}.bias")))
-            .map(|(weight, bias)| LinearSinks { weight, bias });
         Ok(Self {
-            sinks,
+            sinks: weight_bias_sinks(loader, prefix),
             ..Self::new(weight, Some(bias))
         })
     }
@@ -101,20 +97,57 @@ impl Linear {
     }
 }
 
+/// Sinks for the gradients of parameters `{prefix}.weight` and `{prefix}.bias` (None unless
+/// the loader's registry holds both).
+fn weight_bias_sinks(loader: &mut WeightLoader, prefix: &str) -> Option<WeightBiasSinks> {
+    let weight = loader.gradient_sink(&format!("{prefix}.weight"))?;
+    let bias = loader.gradient_sink(&format!("{prefix}.bias"))?;
+    Some(WeightBiasSinks { weight, bias })
+}
+
 /// Layer normalisation over the last dimension (fused kernel with its own backward).
 pub struct LayerNorm {
     pub weight: Var,
     pub bias: Var,
     pub eps: f64,
+    /// Where [`LayerNorm::forward_residual`] sends the weight and bias gradients.
+    sinks: Option<WeightBiasSinks>,
 }
 
 impl LayerNorm {
     pub fn load(loader: &mut WeightLoader, prefix: &str, size: usize, eps: f64) -> Result<Self> {
+        let weight = loader.take(&format!("{prefix}.weight"), &[size], Init::Ones)?;
+        let bias = loader.take(&format!("{prefix}.bias"), &[size], Init::Zeros)?;
         Ok(Self {
-            weight: loader.take(&format!("{prefix}.weight"), &[size], Init::Ones)?,
-            bias: loader.take(&format!("{prefix}.bias"), &[size], Init::Zeros)?,
+            weight,
+            bias,
             eps,
+            sinks: weight_bias_sinks(loader, prefix),
         })
+    }
+
+    /// `LayerNorm(dropout(x) + residual)`, with dropout `probability` at `site` in training:
+    /// one op (`alpaca_kernels::residual_layer_norm`) when the parameters have sinks.
+    pub fn forward_residual(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        probability: f64,
+        mode: crate::Mode,
+        site: u64,
+    ) -> Result<Tensor> {
+        let Some(sinks) = &self.sinks else {
+            return self.forward(&(dropout(x, probability, mode, site)? + residual)?);
+        };
+        let dropout = if mode.train && probability > 0.0 {
+            (probability as f32, mode.site_seed(site))
+        } else {
+            (0.0, 0)
+        };
+        let parameters = (self.weight.as_tensor(), self.bias.as_tensor());
+        Ok(alpaca_kernels::residual_layer_norm(
+            x, residual, parameters, self.eps, dropout, sinks,
+        )?)
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
