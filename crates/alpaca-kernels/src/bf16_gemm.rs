@@ -271,10 +271,13 @@ unsafe fn gemm_raw(
     // Row blocks of (nearly) equal size: 30 MR-panels in blocks of 8, 8, 8, 6 left one
     // thread idle at the end of every product; 8, 8, 7, 7 does not.
     let row_panels = m.div_ceil(MR);
-    let row_blocks = row_panels.div_ceil(MC / MR);
     let panels = n.div_ceil(NR);
-    // Enough tasks to keep every thread busy when m is small (the LM head at a few positions).
+    // Enough tasks to keep every thread busy: rows are split first, down to one panel per
+    // block, because each task converts its rows of A to bf16 again; columns are split only
+    // when there are too few rows (the LM head at a few positions). Splitting the columns of
+    // a 352-row product in two converted A twice.
     let wanted = 4 * rayon::current_num_threads().max(1);
+    let row_blocks = row_panels.div_ceil(MC / MR).max(wanted.min(row_panels));
     let column_splits = wanted.div_ceil(row_blocks).clamp(1, panels);
     let panels_per_task = panels.div_ceil(column_splits);
     let column_splits = panels.div_ceil(panels_per_task);
