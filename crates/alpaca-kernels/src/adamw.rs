@@ -152,6 +152,15 @@ impl Update {
         }
     }
 
+    /// The update of parameters whose moments and gradient are zero: `apply` computes
+    /// m = v = 0, denominator ε and p·decay − step_size·0/ε = p·decay.
+    fn decay_only(&self, p: &mut [f32]) {
+        let decay = self.decay;
+        if decay != 1.0 {
+            p.iter_mut().for_each(|p| *p *= decay);
+        }
+    }
+
     /// Updates p, m, v in place; `g` None is a zero gradient (the same numbers as zeros).
     fn apply(&self, p: &mut [f32], g: Option<&[f32]>, m: &mut [f32], v: &mut [f32]) {
         let Self {
@@ -220,28 +229,48 @@ fn check_update(
     Ok(())
 }
 
-/// [`adamw_step`] for either kind of [`Gradient`].
+/// [`adamw_step`] for either kind of [`Gradient`]; `touched` as [`adamw_step_rows`] takes
+/// it (a dense gradient marks every row).
 pub fn adamw_step_gradient(
     param: &Tensor,
     gradient: &Gradient,
-    m: &mut [f32],
-    v: &mut [f32],
+    (m, v): (&mut [f32], &mut [f32]),
+    touched: &mut [bool],
     params: AdamWParams,
 ) -> Result<()> {
     match gradient {
-        Gradient::Dense(grad) => adamw_step(param, grad, m, v, params),
-        Gradient::Rows(rows) => adamw_step_rows(param, rows, m, v, params),
+        Gradient::Dense(grad) => {
+            adamw_step(param, grad, m, v, params)?;
+            touched.fill(true);
+            Ok(())
+        }
+        Gradient::Rows(rows) => adamw_step_rows(param, rows, (m, v), touched, params),
     }
 }
 
+/// Which rows of a [rows, width] table have moments that are not all zero: the `touched`
+/// that [`adamw_step_rows`] starts from when the moments were saved or made elsewhere.
+pub fn touched_rows((m, v): (&[f32], &[f32]), width: usize) -> Vec<bool> {
+    let width = width.max(1);
+    m.chunks(width)
+        .zip(v.chunks(width))
+        .map(|(m, v)| m.iter().chain(v).any(|&x| x != 0.0))
+        .collect()
+}
+
 /// One AdamW update of a table `param` [V, H] whose gradient is zero outside `gradient.rows`:
-/// every row is updated (the moments of the others decay, as with a dense zero gradient),
-/// but no dense gradient is read.
+/// the same numbers as with the dense gradient whose other rows are zero, without reading one.
+///
+/// `touched[r]` says row r's moments may be nonzero; the gradient's rows are marked here. A
+/// row never touched has zero moments that a zero gradient leaves zero, so its update is the
+/// weight decay alone (p·(1 − lr·wd), exactly what the full update computes) and its moments
+/// are neither read nor written: a CoNLL epoch touches 14,098 of MiniLM's 30,522 rows, and the
+/// table's update was ~4% of a step, memory-bound on p, m and v.
 pub fn adamw_step_rows(
     param: &Tensor,
     gradient: &RowGradient,
-    m: &mut [f32],
-    v: &mut [f32],
+    (m, v): (&mut [f32], &mut [f32]),
+    touched: &mut [bool],
     params: AdamWParams,
 ) -> Result<()> {
     const OP: &str = "adamw_step_rows";
@@ -253,6 +282,12 @@ pub fn adamw_step_rows(
             param.shape()
         )
     }
+    if touched.len() != table_rows {
+        bail!(
+            "{OP}: {} touched flags for a table of {table_rows} rows",
+            touched.len()
+        )
+    }
     if gradient
         .rows
         .last()
@@ -261,9 +296,13 @@ pub fn adamw_step_rows(
     {
         bail!("{OP}: the gradient's rows do not fit the [{table_rows}, {width}] table")
     }
+    for &row in &gradient.rows {
+        touched[row as usize] = true;
+    }
     param.inplace_op1(&AdamWRows {
         state: Mutex::new((m, v)),
         gradient,
+        touched,
         params,
     })
 }
@@ -271,6 +310,7 @@ pub fn adamw_step_rows(
 struct AdamWRows<'a> {
     state: Mutex<(&'a mut [f32], &'a mut [f32])>,
     gradient: &'a RowGradient,
+    touched: &'a [bool],
     params: AdamWParams,
 }
 
@@ -306,13 +346,19 @@ impl InplaceOp1 for AdamWRows<'_> {
             .zip(m.par_chunks_mut(rows_per_chunk * width))
             .zip(v.par_chunks_mut(rows_per_chunk * width))
             .zip(position.par_chunks(rows_per_chunk))
-            .for_each(|(((p, m), v), positions)| {
-                for (((p, m), v), &at) in p
+            .zip(self.touched.par_chunks(rows_per_chunk))
+            .for_each(|((((p, m), v), positions), touched)| {
+                for ((((p, m), v), &at), &touched) in p
                     .chunks_mut(width)
                     .zip(m.chunks_mut(width))
                     .zip(v.chunks_mut(width))
                     .zip(positions)
+                    .zip(touched)
                 {
+                    if !touched {
+                        update.decay_only(p);
+                        continue;
+                    }
                     let g =
                         (at != u32::MAX).then(|| &gradient.values[at as usize * width..][..width]);
                     update.apply(p, g, m, v);

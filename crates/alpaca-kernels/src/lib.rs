@@ -34,7 +34,8 @@ pub mod token_major_attention;
 pub(crate) mod util;
 
 pub use adamw::{
-    adamw_step, adamw_step_gradient, adamw_step_rows, scale_in_place, squared_norm, AdamWParams,
+    adamw_step, adamw_step_gradient, adamw_step_rows, scale_in_place, squared_norm, touched_rows,
+    AdamWParams,
 };
 pub use causal_attention::causal_attention;
 pub use cross_entropy::cross_entropy;

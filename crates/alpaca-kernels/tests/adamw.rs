@@ -1,6 +1,7 @@
 mod common;
 use alpaca_kernels::{
-    adamw_step, adamw_step_rows, scale_in_place, squared_norm, AdamWParams, RowGradient,
+    adamw_step, adamw_step_rows, scale_in_place, squared_norm, touched_rows, AdamWParams,
+    RowGradient,
 };
 use candle_core::{Device, Tensor, Var};
 use common::*;
@@ -97,31 +98,32 @@ fn row_gradients_update_as_their_dense_gradient() {
     let zeros = || vec![0.0f32; rows * width];
     let (mut dense_m, mut dense_v, mut sparse_m, mut sparse_v) =
         (zeros(), zeros(), zeros(), zeros());
-    for step in 1..=3u64 {
+    // Rows never looked up take the weight decay alone, without their moments; at step 3
+    // the flags are derived again from the moments, as a resumed run does; step 4 has no decay.
+    let mut touched = vec![false; rows];
+    for step in 1..=4u64 {
         let ids: Vec<u32> = match step {
             1 => vec![5, 999, 5, 17],
             2 => vec![0, 17, 400],
             _ => vec![3],
         };
+        if step == 3 {
+            touched = touched_rows((&sparse_m, &sparse_v), width);
+            assert_eq!(touched.iter().filter(|&&t| t).count(), 5);
+        }
         let upstream = rand_vec(ids.len() * width, 20 + step, 0.5);
         let gradient = RowGradient::from_lookup(rows, width, &ids, &upstream);
         let h = AdamWParams {
             learning_rate: 1e-2,
-            weight_decay: 0.01,
+            weight_decay: if step == 4 { 0.0 } else { 0.01 },
             step,
             gradient_scale: 0.5,
             ..Default::default()
         };
         let full = gradient.to_dense().unwrap();
         adamw_step(dense.as_tensor(), &full, &mut dense_m, &mut dense_v, h).unwrap();
-        adamw_step_rows(
-            sparse.as_tensor(),
-            &gradient,
-            &mut sparse_m,
-            &mut sparse_v,
-            h,
-        )
-        .unwrap();
+        let moments = (&mut sparse_m[..], &mut sparse_v[..]);
+        adamw_step_rows(sparse.as_tensor(), &gradient, moments, &mut touched, h).unwrap();
     }
     assert_eq!(flat(dense.as_tensor()), flat(sparse.as_tensor()));
     assert_eq!(dense_m, sparse_m);
@@ -131,7 +133,8 @@ fn row_gradients_update_as_their_dense_gradient() {
     // A gradient of another table is refused.
     let other = RowGradient::from_lookup(rows + 1, width, &[rows as u32], &vec![1.0; width]);
     let h = AdamWParams::default();
-    assert!(adamw_step_rows(sparse.as_tensor(), &other, &mut sparse_m, &mut sparse_v, h).is_err());
+    let moments = (&mut sparse_m[..], &mut sparse_v[..]);
+    assert!(adamw_step_rows(sparse.as_tensor(), &other, moments, &mut touched, h).is_err());
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! AdamW over named parameters, with HF's decay groups and global-norm gradient clipping.
 
-use alpaca_kernels::adamw::{adamw_step_gradient, AdamWParams};
+use alpaca_kernels::adamw::{adamw_step_gradient, touched_rows, AdamWParams};
 use alpaca_kernels::Gradient;
 use alpaca_models::Parameters;
 use candle_core::backprop::GradStore;
@@ -17,6 +17,10 @@ pub struct AdamW {
     parameters: Vec<(String, Var)>,
     first_moments: Vec<Vec<f32>>,
     second_moments: Vec<Vec<f32>>,
+    /// Per lookup table (a parameter with row gradients), which rows have nonzero moments
+    /// (`alpaca_kernels::adamw_step_rows`); empty until its first row gradient, then derived
+    /// from the moments, so a resumed run starts from the saved ones.
+    touched: Vec<Vec<bool>>,
     pub beta1: f64,
     pub beta2: f64,
     pub epsilon: f64,
@@ -35,6 +39,7 @@ impl AdamW {
             registry: registry.clone(),
             first_moments: parameters.iter().map(|(_, v)| zeros(v)).collect(),
             second_moments: parameters.iter().map(|(_, v)| zeros(v)).collect(),
+            touched: vec![Vec::new(); parameters.len()],
             parameters,
             beta1: 0.9,
             beta2: 0.999,
@@ -98,6 +103,7 @@ impl AdamW {
                     .map_err(|e| format!("{key}: {e}"))?;
             }
         }
+        self.touched.iter_mut().for_each(Vec::clear);
         self.step = steps;
         Ok(())
     }
@@ -130,13 +136,17 @@ impl AdamW {
                 step: self.step,
                 gradient_scale,
             };
-            adamw_step_gradient(
-                var.as_tensor(),
-                gradient,
+            let (m, v) = (
                 &mut self.first_moments[index],
                 &mut self.second_moments[index],
-                params,
-            )?;
+            );
+            let touched = &mut self.touched[index];
+            if let Gradient::Rows(rows) = gradient {
+                if touched.is_empty() {
+                    *touched = touched_rows((m, v), rows.width);
+                }
+            }
+            adamw_step_gradient(var.as_tensor(), gradient, (m, v), touched, params)?;
         }
         Ok(())
     }
