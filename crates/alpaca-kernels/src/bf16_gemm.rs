@@ -725,13 +725,24 @@ mod tests {
         gemm(&mut c, m, accumulate, &a, (k, 1), &packed);
         let expected = reference(&a, &b, (m, k, n));
         for (index, (&got, want)) in c.iter().zip(&expected).enumerate() {
-            let want = want + if accumulate { start[index] as f64 } else { 0.0 };
-            let tolerance = 1e-5 * (k as f64).sqrt() + 1e-6;
-            assert!(
-                (got as f64 - want).abs() <= tolerance,
-                "[{m}x{k}x{n}] c[{index}] = {got}, want {want}"
+            let start = if accumulate { start[index] } else { 0.0 };
+            assert_element(
+                got,
+                want + start as f64,
+                k,
+                &format!("[{m}x{k}x{n}] c[{index}]"),
             );
         }
+    }
+
+    /// Asserts a product's element against its f64 reference, within the rounding of f32
+    /// sums over k terms.
+    fn assert_element(got: f32, want: f64, k: usize, what: &str) {
+        let tolerance = 1e-5 * (k as f64).sqrt() + 1e-6;
+        assert!(
+            (got as f64 - want).abs() <= tolerance,
+            "{what} = {got}, want {want}"
+        );
     }
 
     /// A new product, from zero or from a bias, equals the rounded reference plus the bias
@@ -754,17 +765,9 @@ mod tests {
                 let c = product(m, &a, (k, 1), &packed, with_bias.then_some(&bias[..]));
                 assert_eq!(c.len(), m * n);
                 for (index, (&got, want)) in c.iter().zip(&expected).enumerate() {
-                    let want = want
-                        + if with_bias {
-                            bias[index % n] as f64
-                        } else {
-                            0.0
-                        };
-                    let tolerance = 1e-5 * (k as f64).sqrt() + 1e-6;
-                    assert!(
-                        (got as f64 - want).abs() <= tolerance,
-                        "[{m}x{k}x{n}] bias {with_bias}: c[{index}] = {got}, want {want}"
-                    );
+                    let start = if with_bias { bias[index % n] } else { 0.0 };
+                    let what = format!("[{m}x{k}x{n}] bias {with_bias}: c[{index}]");
+                    assert_element(got, want + start as f64, k, &what);
                 }
             }
         }
