@@ -268,14 +268,13 @@ unsafe fn gemm_raw(
     if m == 0 || n == 0 {
         return;
     }
-    // Row blocks of (nearly) equal size: 30 MR-panels in blocks of 8, 8, 8, 6 left one
-    // thread idle at the end of every product; 8, 8, 7, 7 does not.
     let row_panels = m.div_ceil(MR);
     let panels = n.div_ceil(NR);
     // Enough tasks to keep every thread busy: rows are split first, down to one panel per
     // block, because each task converts its rows of A to bf16 again; columns are split only
     // when there are too few rows (the LM head at a few positions). Splitting the columns of
-    // a 352-row product in two converted A twice.
+    // a 352-row product in two converted A twice. Blocks are (nearly) equal: 30 panels in
+    // blocks of MC rows, 8, 8, 8, 6, left a thread idle at the end of every product.
     let wanted = 4 * rayon::current_num_threads().max(1);
     let row_blocks = row_panels.div_ceil(MC / MR).max(wanted.min(row_panels));
     let column_splits = wanted.div_ceil(row_blocks).clamp(1, panels);
@@ -310,7 +309,7 @@ unsafe fn gemm_raw(
                     for panel in first_panel..last_panel {
                         let columns = (n - panel * NR).min(NR);
                         let b_block = b.block(panel, from, count);
-                        let bias = match tile_start {
+                        let panel_start = match tile_start {
                             Start::Bias(bias) => Start::Bias(&bias[panel * NR..]),
                             other => other,
                         };
@@ -324,7 +323,9 @@ unsafe fn gemm_raw(
                             // SAFETY: this task alone writes rows first_row..first_row+rows
                             // and the columns of panels first_panel..last_panel of C, all
                             // inside its m·n elements (the caller's guarantee).
-                            unsafe { kernel.run(count, a_panel, b_block, tile, n, bias, valid) };
+                            unsafe {
+                                kernel.run(count, a_panel, b_block, tile, n, panel_start, valid)
+                            };
                         }
                     }
                 }

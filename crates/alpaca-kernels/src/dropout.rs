@@ -8,7 +8,8 @@ use crate::util::{check_f32_cpu, par_new, slice_f32, tensor_from, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-const CHUNK: usize = 16 * 1024;
+/// Elements per task; chunk i of a tensor is elements i·CHUNK.. ([`Dropout::apply_chunk`]).
+pub(crate) const CHUNK: usize = 16 * 1024;
 const GOLDEN: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// Inverted dropout: zeroes each element with probability `probability` and scales the rest
@@ -90,27 +91,32 @@ impl Dropout {
         }
     }
 
+    /// [`Dropout::apply`] over chunk `chunk` of a tensor (`src` and `dst` are its elements
+    /// chunk·CHUNK..), vectorised.
+    pub(crate) fn apply_chunk<const ACCUMULATE: bool>(
+        &self,
+        chunk: usize,
+        src: &[f32],
+        dst: &mut [f32],
+    ) {
+        // AVX-512DQ multiplies 64-bit lanes (vpmullq), so the hash vectorises there.
+        crate::math::simd(
+            #[inline(always)]
+            || self.apply::<ACCUMULATE>(chunk * CHUNK, src, dst),
+        )
+    }
+
     fn run_into<const ACCUMULATE: bool>(&self, src: &[f32], dst: &mut [f32]) {
         dst.par_chunks_mut(CHUNK)
             .zip(src.par_chunks(CHUNK))
             .enumerate()
-            .for_each(|(c, (d, s))| {
-                // AVX-512DQ multiplies 64-bit lanes (vpmullq), so the hash vectorises there.
-                crate::math::simd(
-                    #[inline(always)]
-                    || self.apply::<ACCUMULATE>(c * CHUNK, s, d),
-                )
-            });
+            .for_each(|(c, (d, s))| self.apply_chunk::<ACCUMULATE>(c, s, d));
     }
 
     /// x · mask · scale, element i of `src` having index i.
     pub(crate) fn run(&self, src: &[f32]) -> Vec<f32> {
         par_new(src.len(), CHUNK, |c, d| {
-            let s = &src[c * CHUNK..][..d.len()];
-            crate::math::simd(
-                #[inline(always)]
-                || self.apply::<false>(c * CHUNK, s, d),
-            )
+            self.apply_chunk::<false>(c, &src[c * CHUNK..][..d.len()], d)
         })
     }
 

@@ -4,8 +4,8 @@
 //!   mean = Σ x / C,  rstd = 1 / sqrt(Σ (x-mean)² / C + eps)   (biased variance, as torch)
 //!   xhat = (x - mean) · rstd,  y = xhat · weight + bias
 
-use crate::dropout::Dropout;
-use crate::gradient::{route, WeightBiasSinks};
+use crate::dropout::{self, Dropout};
+use crate::gradient::{Gradient, WeightBiasSinks};
 use crate::math;
 use crate::util::{
     check_f32_cpu, par_new, par_new_reduce, rows_per_task, slice_f32, tensor_from, with_f32,
@@ -247,27 +247,26 @@ struct ResidualLayerNorm {
 }
 
 impl ResidualLayerNorm {
-    /// h = dropout(x) + residual, the layer norm's input.
+    /// h = dropout(x) + residual, the layer norm's input, chunk by chunk in parallel (the
+    /// dropout's chunks, so its masks are those of the same element indices).
     fn normalised_input(&self, x: &[f32], residual: &[f32]) -> Vec<f32> {
-        match &self.dropout {
-            Some(dropout) => {
-                let mut h = residual.to_vec();
-                dropout.accumulate(x, &mut h);
-                h
-            }
-            None => par_new(x.len(), ELEMENTS_PER_TASK, |chunk, h| {
-                let start = chunk * ELEMENTS_PER_TASK;
-                let (x, residual) = (&x[start..][..h.len()], &residual[start..][..h.len()]);
-                for ((h, &x), &r) in h.iter_mut().zip(x).zip(residual) {
-                    *h = x + r;
+        par_new(x.len(), dropout::CHUNK, |chunk, h| {
+            let start = chunk * dropout::CHUNK;
+            let (x, residual) = (&x[start..][..h.len()], &residual[start..][..h.len()]);
+            match &self.dropout {
+                Some(dropout) => {
+                    h.copy_from_slice(residual);
+                    dropout.apply_chunk::<true>(chunk, x, h);
                 }
-            }),
-        }
+                None => {
+                    for ((h, &x), &r) in h.iter_mut().zip(x).zip(residual) {
+                        *h = x + r;
+                    }
+                }
+            }
+        })
     }
 }
-
-/// Elements per task of the element-wise passes.
-const ELEMENTS_PER_TASK: usize = 16 * 1024;
 
 impl CustomOp2 for ResidualLayerNorm {
     fn name(&self) -> &'static str {
@@ -317,17 +316,14 @@ impl CustomOp2 for ResidualLayerNorm {
         };
         let dh = tensor_from(dh, x.shape())?;
         // A frozen weight or bias (a detached tensor) gets no gradient.
-        let trained = |t: &Tensor| t.track_op();
-        let dw = tensor_from(dw, c)?;
-        route(
-            Some(dw).filter(|_| trained(&self.weight)),
-            Some(&self.sinks.weight),
-        )?;
-        let db = tensor_from(db, c)?;
-        route(
-            Some(db).filter(|_| trained(&self.bias)),
-            Some(&self.sinks.bias),
-        )?;
+        for (parameter, gradient, sink) in [
+            (&self.weight, dw, &self.sinks.weight),
+            (&self.bias, db, &self.sinks.bias),
+        ] {
+            if parameter.track_op() {
+                sink.add(Gradient::Dense(tensor_from(gradient, c)?))?;
+            }
+        }
         // Without dropout x's gradient is dh itself: the same tensor, not a copy.
         Ok((Some(dx.unwrap_or_else(|| dh.clone())), Some(dh)))
     }

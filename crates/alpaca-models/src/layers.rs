@@ -139,11 +139,7 @@ impl LayerNorm {
         let Some(sinks) = &self.sinks else {
             return self.forward(&(dropout(x, probability, mode, site)? + residual)?);
         };
-        let dropout = if mode.train && probability > 0.0 {
-            (probability as f32, mode.site_seed(site))
-        } else {
-            (0.0, 0)
-        };
+        let dropout = active_dropout(probability, mode, site).unwrap_or((0.0, 0));
         let parameters = (self.weight.as_tensor(), self.bias.as_tensor());
         Ok(alpaca_kernels::residual_layer_norm(
             x, residual, parameters, self.eps, dropout, sinks,
@@ -228,12 +224,13 @@ impl Embedding {
 
 /// Inverted dropout when training, identity otherwise.
 pub fn dropout(x: &Tensor, probability: f64, mode: crate::Mode, site: u64) -> Result<Tensor> {
-    if !mode.train || probability <= 0.0 {
-        return Ok(x.clone());
+    match active_dropout(probability, mode, site) {
+        Some((probability, seed)) => Ok(alpaca_kernels::dropout(x, probability, seed)?),
+        None => Ok(x.clone()),
     }
-    Ok(alpaca_kernels::dropout(
-        x,
-        probability as f32,
-        mode.site_seed(site),
-    )?)
+}
+
+/// The (probability, seed) of the dropout at `site`: none outside training or at 0.
+fn active_dropout(probability: f64, mode: crate::Mode, site: u64) -> Option<(f32, u64)> {
+    (mode.train && probability > 0.0).then(|| (probability as f32, mode.site_seed(site)))
 }
