@@ -2,12 +2,13 @@
 # Runs the reference training step with alpaca and PyTorch alternately (3 rounds each, so
 # machine noise hits both) and prints the alpaca/PyTorch ratio of median seconds per step.
 #   bench/compare_step.sh [threads] [precision]
+# ALPACA_FEATURES=onednn builds alpaca with oneDNN's bf16 products (AMX CPUs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 threads="${1:-2}"
 precision="${2:-fp32}"
 python="${ALPACA_VENV:-$HOME/.cache/alpaca/venv}/bin/python"
-cargo build --release -q -p alpaca-cli
+cargo build --release -q -p alpaca-cli ${ALPACA_FEATURES:+--features "$ALPACA_FEATURES"}
 ours=()
 theirs=()
 for round in 1 2 3; do

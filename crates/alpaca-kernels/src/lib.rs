@@ -24,6 +24,7 @@ pub mod layer_norm;
 pub mod linear;
 pub mod lora_linear;
 pub(crate) mod math;
+pub mod onednn;
 pub mod packed_linear;
 pub mod packed_tokens;
 pub mod rms_norm;
@@ -91,12 +92,28 @@ impl std::fmt::Display for Precision {
 
 impl Precision {
     /// What this CPU runs: bf16 needs AVX512-BF16 (a portable bf16 kernel exists for tests but
-    /// is far slower than f32), so without it bf16 falls back to fp32 with the reason.
+    /// is far slower than f32), so without it bf16 falls back to fp32 with the reason. Where
+    /// bf16 runs, the notice says which engine does the products when that is not the
+    /// expected one: oneDNN on AMX (`onednn` feature), our AVX512-BF16 kernel otherwise.
     pub fn on_this_cpu(self) -> (Precision, Option<&'static str>) {
         match self {
             Precision::Bf16 if !bf16_gemm::has_avx512_bf16() => (
                 Precision::Fp32,
                 Some("this CPU has no AVX512-BF16; running the matrix products in fp32"),
+            ),
+            Precision::Bf16 if onednn::in_use() => (
+                self,
+                (!onednn::cpu_has_amx()).then_some(
+                    "bf16 products run through oneDNN (ALPACA_ONEDNN=1) on a CPU without AMX",
+                ),
+            ),
+            Precision::Bf16 if onednn::cpu_has_amx() => (
+                self,
+                Some(if cfg!(feature = "onednn") {
+                    "this CPU has AMX but oneDNN is switched off (ALPACA_ONEDNN=0); bf16 products run on alpaca's AVX512-BF16 kernel"
+                } else {
+                    "this CPU has AMX, which this build cannot use (build with --features onednn and libdnnl-dev); bf16 products run on alpaca's AVX512-BF16 kernel"
+                }),
             ),
             other => (other, None),
         }
@@ -104,17 +121,24 @@ impl Precision {
 }
 
 /// Which SIMD extensions this CPU offers at runtime, for the CLI's startup line,
-/// e.g. `"avx512f=yes avx2=yes fma=yes"`.
+/// e.g. `"avx512f=yes avx512bf16=yes amx=no avx2=yes fma=yes onednn=not built"`.
 pub fn cpu_features() -> String {
     #[cfg(any(target_arch = "x86", target_arch = "x86_64"))]
     {
         let yn = |b: bool| if b { "yes" } else { "no" };
+        let onednn = match (cfg!(feature = "onednn"), onednn::in_use()) {
+            (true, true) => "in use",
+            (true, false) => "built, not used",
+            (false, _) => "not built",
+        };
         format!(
-            "avx512f={} avx512bf16={} avx2={} fma={}",
+            "avx512f={} avx512bf16={} amx={} avx2={} fma={} onednn={}",
             yn(std::arch::is_x86_feature_detected!("avx512f")),
             yn(bf16_gemm::has_avx512_bf16()),
+            yn(onednn::cpu_has_amx()),
             yn(std::arch::is_x86_feature_detected!("avx2")),
             yn(std::arch::is_x86_feature_detected!("fma")),
+            onednn,
         )
     }
     #[cfg(not(any(target_arch = "x86", target_arch = "x86_64")))]

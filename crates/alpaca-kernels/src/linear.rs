@@ -16,6 +16,7 @@ use rayon::prelude::*;
 use crate::bf16_gemm::{self, PackedB};
 use crate::few_rows;
 use crate::gradient::{route, WeightBiasSinks};
+use crate::onednn;
 use crate::packed_linear::PackedLinear;
 use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
 use crate::Precision;
@@ -187,6 +188,11 @@ fn forward(
     }
     if bf16 {
         // Wᵀ as a [in, out] matrix: element (i, o) is weight[o·in + i].
+        let strides = (1, in_features);
+        let dims = (rows, out_features, in_features);
+        if let Some(y) = onednn::product(dims, x, (in_features, 1), weight, strides, bias) {
+            return y;
+        }
         let packed = PackedB::transposed_weight(weight, (out_features, in_features));
         return bf16_gemm::product(rows, x, (in_features, 1), &packed, bias);
     }
@@ -233,7 +239,12 @@ fn backward(
             with_f32(OP, dy, |dys| {
                 let rows = xs.len() / in_features;
                 let bf16 = precision() == Precision::Bf16;
-                let dx = if bf16 {
+                let dims = (rows, in_features, out_features);
+                let onednn_dx =
+                    || onednn::product(dims, dys, (out_features, 1), ws, (in_features, 1), None);
+                let dx = if let Some(dx) = bf16.then(onednn_dx).flatten() {
+                    dx
+                } else if bf16 {
                     let packed = PackedB::weight(ws, (out_features, in_features));
                     bf16_gemm::product(rows, dys, (out_features, 1), &packed, None)
                 } else {
@@ -251,8 +262,15 @@ fn backward(
                     dx
                 };
                 let dw = if weight.track_op() {
-                    let dw = if bf16 {
-                        // dW = dyᵀ x: dy read transposed by strides, x packed as [rows, in].
+                    // dW = dyᵀ x: dy read transposed by strides.
+                    let dims = (out_features, in_features, rows);
+                    let onednn_dw = || {
+                        onednn::product(dims, dys, (1, out_features), xs, (in_features, 1), None)
+                    };
+                    let dw = if let Some(dw) = bf16.then(onednn_dw).flatten() {
+                        dw
+                    } else if bf16 {
+                        // x packed as [rows, in].
                         let packed = PackedB::pack(xs, (rows, in_features), (in_features, 1));
                         bf16_gemm::product(out_features, dys, (1, out_features), &packed, None)
                     } else {
