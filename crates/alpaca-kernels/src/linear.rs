@@ -178,11 +178,12 @@ fn forward(
     if blocked {
         return few_rows::product(x, weight, bias, in_features, out_features);
     }
-    if !bf16 && in_features >= 4 * out_features {
-        // BERT's FFN output (1536→384): gemm is slow on this shape (3.4 ms for 350 rows, 13.2
-        // for 2,048), packing the weight into panels at each call and running the prediction
-        // kernel takes 2.3 and 11.9 (`cargo test --release -p alpaca-kernels --lib
-        // packed_linear -- --ignored --nocapture`).
+    if !bf16 && in_features >= 4 * out_features && crate::math::has_avx512() {
+        // BERT's FFN output (1536→384): on AVX-512, gemm is slow on this shape (3.4 ms for
+        // 350 rows, 13.2 for 2,048), packing the weight into panels at each call and running
+        // the prediction kernel takes 2.3 and 11.9 (`cargo test --release -p alpaca-kernels
+        // --lib packed_linear -- --ignored --nocapture`). On AVX2 (Zen 3) the packing is not
+        // won back: 3.5 against gemm's 2.9 ms, 17.7 against 15.5.
         let dims = (out_features, in_features);
         return PackedLinear::from_slices(weight, bias, dims).product(x);
     }

@@ -137,6 +137,12 @@ pub(crate) fn has_avx512() -> bool {
     simd_level() == 2
 }
 
+/// Whether this CPU runs the AVX2 code paths (AVX2 and FMA; true on AVX-512 CPUs too).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn has_avx2() -> bool {
+    simd_level() >= 1
+}
+
 /// 2: AVX-512 (F, BW, DQ, VL) with FMA; 1: AVX2 with FMA; 0: baseline. Detected once.
 #[cfg(target_arch = "x86_64")]
 fn simd_level() -> u8 {
