@@ -18,7 +18,7 @@ use crate::few_rows;
 use crate::gradient::{route, WeightBiasSinks};
 use crate::onednn;
 use crate::packed_linear::PackedLinear;
-use crate::util::{check_f32_cpu, slice_f32, tensor_from, with_f32};
+use crate::util::{check_f32_cpu, par_new, slice_f32, tensor_from, with_f32};
 use crate::Precision;
 
 /// Whether the products of [`linear`] and [`linear_no_bias`] run in bf16 (operands rounded to
@@ -158,6 +158,14 @@ pub(crate) fn gemm_into(
     }
 }
 
+/// Rows of a product's output each task starts (zeroes or fills with the bias).
+const START_ROWS: usize = 64;
+
+/// `len` zeros for gemm to accumulate into, written by all threads.
+fn zeros(len: usize) -> Vec<f32> {
+    par_new(len, 1 << 14, |_, _| {})
+}
+
 /// y [N, out] = x [N, in] · Wᵀ (+ b broadcast over rows).
 fn forward(
     x: &[f32],
@@ -197,16 +205,19 @@ fn forward(
         let packed = PackedB::transposed_weight(weight, (out_features, in_features));
         return bf16_gemm::product(rows, x, (in_features, 1), &packed, bias);
     }
-    let mut y = match bias {
-        Some(b) => {
-            let mut y = Vec::with_capacity(rows * out_features);
-            for _ in 0..rows {
-                y.extend_from_slice(b);
+    // The starting values (bias rows or zeros) are written in parallel: serially they were
+    // a pass over the whole output the other threads waited for.
+    let mut y = par_new(
+        rows * out_features,
+        START_ROWS * out_features,
+        |_, chunk| {
+            if let Some(b) = bias {
+                chunk
+                    .chunks_exact_mut(out_features)
+                    .for_each(|row| row.copy_from_slice(b));
             }
-            y
-        }
-        None => vec![0.0; rows * out_features],
-    };
+        },
+    );
     // Wᵀ as a [in, out] matrix: element (i, o) is weight[o·in + i].
     gemm_into(
         &mut y,
@@ -249,7 +260,7 @@ fn backward(
                     let packed = PackedB::weight(ws, (out_features, in_features));
                     bf16_gemm::product(rows, dys, (out_features, 1), &packed, None)
                 } else {
-                    let mut dx = vec![0.0f32; rows * in_features];
+                    let mut dx = zeros(rows * in_features);
                     gemm_into(
                         &mut dx,
                         (rows, in_features, out_features),
@@ -275,7 +286,7 @@ fn backward(
                         let packed = PackedB::pack(xs, (rows, in_features), (in_features, 1));
                         bf16_gemm::product(out_features, dys, (1, out_features), &packed, None)
                     } else {
-                        let mut dw = vec![0.0f32; out_features * in_features];
+                        let mut dw = zeros(out_features * in_features);
                         gemm_into(
                             &mut dw,
                             (out_features, in_features, rows),
