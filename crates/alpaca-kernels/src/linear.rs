@@ -158,6 +158,24 @@ pub(crate) fn gemm_into(
     }
 }
 
+/// A matrix with its element strides (row, column).
+type Strided<'a> = (&'a [f32], (usize, usize));
+
+/// A new C [m, n] = A [m, k] · B [k, n] (+ bias) in bf16: through oneDNN where it is in use
+/// (AMX), else on our kernel with B packed by `pack`.
+fn bf16_product(
+    (m, n, k): (usize, usize, usize),
+    (a, a_strides): Strided,
+    (b, b_strides): Strided,
+    bias: Option<&[f32]>,
+    pack: impl FnOnce() -> PackedB,
+) -> Vec<f32> {
+    if let Some(c) = onednn::product((m, n, k), a, a_strides, b, b_strides, bias) {
+        return c;
+    }
+    bf16_gemm::product(m, a, a_strides, &pack(), bias)
+}
+
 /// Rows of a product's output each task starts (zeroes or fills with the bias).
 const START_ROWS: usize = 64;
 
@@ -197,13 +215,10 @@ fn forward(
     }
     if bf16 {
         // Wᵀ as a [in, out] matrix: element (i, o) is weight[o·in + i].
-        let strides = (1, in_features);
         let dims = (rows, out_features, in_features);
-        if let Some(y) = onednn::product(dims, x, (in_features, 1), weight, strides, bias) {
-            return y;
-        }
-        let packed = PackedB::transposed_weight(weight, (out_features, in_features));
-        return bf16_gemm::product(rows, x, (in_features, 1), &packed, bias);
+        let (a, b) = ((x, (in_features, 1)), (weight, (1, in_features)));
+        let pack = || PackedB::transposed_weight(weight, (out_features, in_features));
+        return bf16_product(dims, a, b, bias, pack);
     }
     // The starting values (bias rows or zeros) are written in parallel: serially they were
     // a pass over the whole output the other threads waited for.
@@ -251,14 +266,11 @@ fn backward(
             with_f32(OP, dy, |dys| {
                 let rows = xs.len() / in_features;
                 let bf16 = precision() == Precision::Bf16;
-                let dims = (rows, in_features, out_features);
-                let onednn_dx =
-                    || onednn::product(dims, dys, (out_features, 1), ws, (in_features, 1), None);
-                let dx = if let Some(dx) = bf16.then(onednn_dx).flatten() {
-                    dx
-                } else if bf16 {
-                    let packed = PackedB::weight(ws, (out_features, in_features));
-                    bf16_gemm::product(rows, dys, (out_features, 1), &packed, None)
+                let dx = if bf16 {
+                    let dims = (rows, in_features, out_features);
+                    let (a, b) = ((dys, (out_features, 1)), (ws, (in_features, 1)));
+                    let pack = || PackedB::weight(ws, (out_features, in_features));
+                    bf16_product(dims, a, b, None, pack)
                 } else {
                     let mut dx = zeros(rows * in_features);
                     gemm_into(
@@ -274,17 +286,12 @@ fn backward(
                     dx
                 };
                 let dw = if weight.track_op() {
-                    // dW = dyᵀ x: dy read transposed by strides.
-                    let dims = (out_features, in_features, rows);
-                    let onednn_dw = || {
-                        onednn::product(dims, dys, (1, out_features), xs, (in_features, 1), None)
-                    };
-                    let dw = if let Some(dw) = bf16.then(onednn_dw).flatten() {
-                        dw
-                    } else if bf16 {
-                        // x packed as [rows, in].
-                        let packed = PackedB::pack(xs, (rows, in_features), (in_features, 1));
-                        bf16_gemm::product(out_features, dys, (1, out_features), &packed, None)
+                    let dw = if bf16 {
+                        // dW = dyᵀ x: dy read transposed by strides.
+                        let dims = (out_features, in_features, rows);
+                        let (a, b) = ((dys, (1, out_features)), (xs, (in_features, 1)));
+                        let pack = || PackedB::pack(xs, (rows, in_features), (in_features, 1));
+                        bf16_product(dims, a, b, None, pack)
                     } else {
                         let mut dw = zeros(out_features * in_features);
                         gemm_into(
