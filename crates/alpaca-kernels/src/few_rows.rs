@@ -33,25 +33,14 @@ pub(crate) const FEW: usize = 32;
 ///   gemm is slow on that shape below ~500 rows (not from the transposed operand: computing
 ///   yᵀ = W·xᵀ instead was no faster).
 pub(crate) fn suits(rows: usize, in_features: usize, out_features: usize) -> bool {
-    if !wide_registers() {
-        // With AVX2's 8-lane blocks gemm wins from 64 rows on every MiniLM shape (Zen 3:
-        // 384→384 at 64 rows 184 against 162 µs, 1536→384 841 against 828; up to 32 rows the
-        // blocks win, 1536→384 at 32 rows 301 against 420).
+    if !crate::math::has_avx512() {
+        // The thresholds below were measured with the AVX-512 blocks. With AVX2's 8-lane
+        // blocks gemm wins from 64 rows on every MiniLM shape (Zen 3: 384→384 at 64 rows 184
+        // against 162 µs, 1536→384 841 against 828; up to 32 rows the blocks win, 1536→384
+        // at 32 rows 301 against 420).
         return rows <= FEW;
     }
     rows <= FEW || rows * out_features <= 49_152 || (in_features >= 4 * out_features && rows <= 256)
-}
-
-/// Whether the AVX-512 blocks run here (the thresholds above were measured with them).
-fn wide_registers() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::math::has_avx512()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// y [N, out] = x [N, in] · Wᵀ (+ b broadcast over rows).

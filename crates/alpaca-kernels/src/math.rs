@@ -131,39 +131,45 @@ pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// Whether this CPU runs the AVX-512 code paths (F, BW, DQ, VL and FMA).
-#[cfg(target_arch = "x86_64")]
+/// Whether this CPU runs the AVX-512 code paths (F, BW, DQ, VL and FMA); false off x86-64.
 pub(crate) fn has_avx512() -> bool {
     simd_level() == 2
 }
 
-/// Whether this CPU runs the AVX2 code paths (AVX2 and FMA; true on AVX-512 CPUs too).
-#[cfg(target_arch = "x86_64")]
+/// Whether this CPU runs the AVX2 code paths (AVX2 and FMA; true on AVX-512 CPUs too); false
+/// off x86-64.
 pub(crate) fn has_avx2() -> bool {
     simd_level() >= 1
 }
 
-/// 2: AVX-512 (F, BW, DQ, VL) with FMA; 1: AVX2 with FMA; 0: baseline. Detected once.
-#[cfg(target_arch = "x86_64")]
+/// 2: AVX-512 (F, BW, DQ, VL) with FMA; 1: AVX2 with FMA; 0: baseline (and every other
+/// architecture). Detected once.
 fn simd_level() -> u8 {
-    use std::sync::OnceLock;
-    static LEVEL: OnceLock<u8> = OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        if std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
-            && std::arch::is_x86_feature_detected!("avx512dq")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            2
-        } else if std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
-        {
-            1
-        } else {
-            0
-        }
-    })
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static LEVEL: OnceLock<u8> = OnceLock::new();
+        *LEVEL.get_or_init(|| {
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512dq")
+                && std::arch::is_x86_feature_detected!("avx512vl")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                2
+            } else if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                1
+            } else {
+                0
+            }
+        })
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        0
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
