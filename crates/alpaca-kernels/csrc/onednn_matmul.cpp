@@ -24,15 +24,10 @@ using dnnl::memory;
 // m, n, k, A strides, B strides, operand type, bias.
 using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, bool>;
 
-struct Matmul {
-    dnnl::matmul primitive;
-    std::string implementation;
-};
-
 struct Primitives {
     std::mutex lock;
     dnnl::engine engine{dnnl::engine::kind::cpu, 0};
-    std::map<Key, Matmul> cached;
+    std::map<Key, dnnl::matmul> cached;
 };
 
 Primitives &primitives() {
@@ -45,7 +40,7 @@ memory::data_type operand_type(int bf16) {
 }
 
 // The primitive for this shape, made on first use.
-const Matmul &matmul_for(const Key &key) {
+const dnnl::matmul &matmul_for(const Key &key) {
     auto &all = primitives();
     std::lock_guard<std::mutex> guard(all.lock);
     auto found = all.cached.find(key);
@@ -58,8 +53,7 @@ const Matmul &matmul_for(const Key &key) {
                                           memory::desc({1, n}, memory::data_type::f32, {n, 1}),
                                           c_md)
                      : dnnl::matmul::desc(a_md, b_md, c_md);
-    dnnl::matmul::primitive_desc pd(desc, all.engine);
-    Matmul made{dnnl::matmul(pd), pd.impl_info_str()};
+    dnnl::matmul made(dnnl::matmul::primitive_desc(desc, all.engine));
     return all.cached.emplace(key, std::move(made)).first->second;
 }
 
@@ -87,7 +81,7 @@ int alpaca_onednn_matmul(int64_t m, int64_t n, int64_t k, const void *a, int64_t
                          char *message, size_t capacity) {
     try {
         Key key{m, n, k, a_row, a_column, b_row, b_column, bf16 != 0, bias != nullptr};
-        const Matmul &matmul = matmul_for(key);
+        const dnnl::matmul &matmul = matmul_for(key);
         auto &engine = primitives().engine;
         auto type = operand_type(bf16);
         memory a_memory({{m, k}, type, {a_row, a_column}}, engine, const_cast<void *>(a));
@@ -103,25 +97,11 @@ int alpaca_onednn_matmul(int64_t m, int64_t n, int64_t k, const void *a, int64_t
         // OpenMP's thread count is per calling thread; set it for the thread that calls.
         omp_set_num_threads(threads);
         dnnl::stream stream(engine);
-        matmul.primitive.execute(stream, arguments);
+        matmul.execute(stream, arguments);
         stream.wait();
         return 0;
     } catch (const std::exception &error) {
         return failure(error, message, capacity);
-    }
-}
-
-// The implementation oneDNN picks for a plain row-major [m, k] · [k, n] product (e.g.
-// "brg:avx512_core_amx"), copied into `name`; 0 on success as above.
-int alpaca_onednn_implementation(int64_t m, int64_t n, int64_t k, int bf16, char *name,
-                                 size_t capacity) {
-    try {
-        const Matmul &matmul = matmul_for(Key{m, n, k, k, 1, n, 1, bf16 != 0, false});
-        std::strncpy(name, matmul.implementation.c_str(), capacity - 1);
-        name[capacity - 1] = '\0';
-        return 0;
-    } catch (const std::exception &error) {
-        return failure(error, name, capacity);
     }
 }
 

@@ -27,7 +27,7 @@ pub fn cpu_has_amx() -> bool {
 }
 
 #[cfg(feature = "onednn")]
-pub use enabled::{implementation, in_use, product};
+pub use enabled::{in_use, product};
 
 #[cfg(not(feature = "onednn"))]
 /// Without the `onednn` feature there is no oneDNN: always `None`.
@@ -76,14 +76,6 @@ mod enabled {
             message: *mut c_char,
             capacity: usize,
         ) -> c_int;
-        fn alpaca_onednn_implementation(
-            m: i64,
-            n: i64,
-            k: i64,
-            bf16: c_int,
-            name: *mut c_char,
-            capacity: usize,
-        ) -> c_int;
         fn alpaca_onednn_cpu_isa() -> c_int;
     }
 
@@ -103,32 +95,6 @@ mod enabled {
             _ => (unsafe { alpaca_onednn_cpu_isa() } & ISA_AMX) == ISA_AMX,
         });
         chosen && WORKING.load(Ordering::Relaxed)
-    }
-
-    /// The implementation oneDNN picks for a row-major `[m, k] · [k, n]` product in bf16
-    /// (`bf16 = true`) or f32, e.g. `"brg:avx512_core_amx"`; the error's text otherwise.
-    pub fn implementation(m: usize, n: usize, k: usize, bf16: bool) -> Result<String, String> {
-        let mut name = [0 as c_char; 256];
-        // SAFETY: name is a writable buffer of the capacity passed.
-        let status = unsafe {
-            alpaca_onednn_implementation(
-                m as i64,
-                n as i64,
-                k as i64,
-                c_int::from(bf16),
-                name.as_mut_ptr(),
-                name.len(),
-            )
-        };
-        // SAFETY: the shim always NUL-terminates within the capacity.
-        let text = unsafe { CStr::from_ptr(name.as_ptr()) }
-            .to_string_lossy()
-            .into_owned();
-        if status == 0 {
-            Ok(text)
-        } else {
-            Err(text)
-        }
     }
 
     /// A new `[m, n]` C = A [m, k] · B [k, n] (+ `bias` in every row) in bf16 through oneDNN, with A's
@@ -358,7 +324,6 @@ mod enabled {
                     }
                 }
             }
-            assert_eq!(implementation(m, n, k, true).is_ok(), supported);
         }
     }
 }
