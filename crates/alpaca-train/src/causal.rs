@@ -47,22 +47,20 @@ pub struct CausalSetup {
     seed: u64,
 }
 
-/// A .gguf file is converted once into HF layout under ~/.cache/alpaca/gguf (keyed by its
-/// name and size) and used from there.
+/// A .gguf file is converted once into HF layout under ~/.cache/alpaca/gguf and used from
+/// there; the cache entry is named by `gguf_cache_name`.
 pub fn model_directory(model: &str) -> Result<String> {
     let path = Path::new(model);
     if path.extension().is_none_or(|e| e != "gguf") {
         return Ok(model.to_string());
     }
-    let metadata = std::fs::metadata(path).with_context(|| model.to_string())?;
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     let cache = std::env::var_os("ALPACA_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/alpaca")
         })
         .join("gguf")
-        .join(format!("{stem}-{}", metadata.len()));
+        .join(gguf_cache_name(path)?);
     if !cache.join("model.safetensors").is_file() {
         eprintln!("converting {model} to {}", cache.display());
         alpaca_models::gguf::llama::convert_to_hf_dir(path, &cache)?;
@@ -71,6 +69,37 @@ pub fn model_directory(model: &str) -> Result<String> {
         .to_str()
         .context("cache path is not UTF-8")?
         .to_string())
+}
+
+/// The cache entry of a .gguf file: its stem and size, then a hash of its absolute path and
+/// modification time. Name and size alone are shared by different files (two fine-tunes of
+/// one base in the same quantisation, or a file downloaded again over an older one), which
+/// would then silently load the other one's conversion; hashing the content instead would
+/// read gigabytes at every start. A file changed in place gets a new mtime, so a new entry.
+fn gguf_cache_name(path: &Path) -> Result<String> {
+    let metadata = std::fs::metadata(path).with_context(|| path.display().to_string())?;
+    let absolute = std::fs::canonicalize(path).with_context(|| path.display().to_string())?;
+    let modified = metadata
+        .modified()
+        .ok()
+        .and_then(|time| time.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |since| since.as_nanos());
+    let mut identity = absolute.to_string_lossy().into_owned().into_bytes();
+    identity.extend_from_slice(&modified.to_le_bytes());
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
+    Ok(format!(
+        "{stem}-{}-{:016x}",
+        metadata.len(),
+        fnv1a(&identity)
+    ))
+}
+
+/// 64-bit FNV-1a: a stable hash (std's `DefaultHasher` may change between Rust releases,
+/// which would orphan every cache entry).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |hash, &byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 fn read_json(path: &Path) -> Option<Value> {
@@ -659,6 +688,30 @@ mod tests {
             input_ids: ids.to_vec(),
             labels: labels.to_vec(),
         }
+    }
+
+    #[test]
+    fn gguf_cache_names_tell_apart_files_of_the_same_name_and_size() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |dir: &str, bytes: &[u8]| {
+            let path = root.path().join(dir).join("model.Q4_0.gguf");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let first = write("a", b"GGUF one");
+        let second = write("b", b"GGUF two");
+        let name = gguf_cache_name(&first).unwrap();
+        assert!(name.starts_with("model.Q4_0-8-"), "{name}");
+        assert_eq!(name, gguf_cache_name(&first).unwrap());
+        assert_ne!(name, gguf_cache_name(&second).unwrap());
+        // The same path written again (a new download) is a new entry.
+        let file = std::fs::File::options().write(true).open(&first).unwrap();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(60);
+        file.set_modified(later).unwrap();
+        assert_ne!(name, gguf_cache_name(&first).unwrap());
+        let missing = gguf_cache_name(&root.path().join("none.gguf")).unwrap_err();
+        assert!(format!("{missing:#}").contains("none.gguf"), "{missing:#}");
     }
 
     #[test]
