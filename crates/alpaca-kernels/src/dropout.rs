@@ -106,13 +106,6 @@ impl Dropout {
         )
     }
 
-    fn run_into<const ACCUMULATE: bool>(&self, src: &[f32], dst: &mut [f32]) {
-        dst.par_chunks_mut(CHUNK)
-            .zip(src.par_chunks(CHUNK))
-            .enumerate()
-            .for_each(|(c, (d, s))| self.apply_chunk::<ACCUMULATE>(c, s, d));
-    }
-
     /// x · mask · scale, element i of `src` having index i.
     pub(crate) fn run(&self, src: &[f32]) -> Vec<f32> {
         par_new(src.len(), CHUNK, |c, d| {
@@ -122,7 +115,10 @@ impl Dropout {
 
     /// dst += src · mask · scale, with the masks [`Dropout::run`] uses for the same indices.
     pub(crate) fn accumulate(&self, src: &[f32], dst: &mut [f32]) {
-        self.run_into::<true>(src, dst);
+        dst.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .enumerate()
+            .for_each(|(c, (d, s))| self.apply_chunk::<true>(c, s, d));
     }
 }
 
