@@ -18,10 +18,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
-use crate::epoch::{train_epoch, EpochSettings, Verdict};
+use crate::epoch::{train_epoch, EpochSettings};
 use crate::optimizer::AdamW;
 use crate::report::training_section;
-use crate::resume::{open_run_dir, save_last, starting_state};
+use crate::resume::{open_run_dir, starting_state, EpochEnd};
 use crate::schedule::{Schedule, ScheduleKind};
 
 /// One training sequence: token ids and, at each position, the id to predict there or −100
@@ -559,7 +559,6 @@ pub fn train_causal(
     );
     let total_steps = schedule.total_steps;
     let mut optimizer = AdamW::new(&parameters, settings.weight_decay);
-    let best_dir = run_dir.join("best");
     let mut stopped_early = false;
     let mut state = starting_state::<CausalEpochRecord>(
         settings.resume,
@@ -637,26 +636,30 @@ pub fn train_causal(
             seconds: outcome.seconds,
             tokens_per_second: outcome.tokens_per_second,
         };
-        metrics.log("epoch", &record)?;
-        state.records.push(record);
-        let verdict = state.tracker.observe(epoch, score);
-        if verdict == Verdict::Improved {
+        let end = EpochEnd {
+            epoch,
+            record,
+            score,
+            no_gain: "no lower held-out loss",
+            checkpoint: json!({}),
+        };
+        let save_best = |best: &Path| -> Result<()> {
             match trainable {
-                Trainable::Full => model.save(&best_dir, &setup.tokenizer_dir)?,
+                Trainable::Full => model.save(best, &setup.tokenizer_dir)?,
                 Trainable::Lora(config, adapters) => {
-                    save_adapter(&best_dir, adapters, config, &setup.name)?
+                    save_adapter(best, adapters, config, &setup.name)?
                 }
             }
-            metrics.log("checkpoint", json!({"epoch": epoch, "path": best_dir}))?;
-        }
-        state.epoch = epoch;
-        state.optimizer_steps = optimizer.steps();
-        save_last(run_dir, &parameters, &optimizer, &state)?;
-        if verdict == Verdict::Stop {
-            eprintln!(
-                "no lower held-out loss for {} epochs: stopping early",
-                state.tracker.epochs_without_gain
-            );
+            Ok(())
+        };
+        if state.end_epoch(
+            end,
+            run_dir,
+            &parameters,
+            &optimizer,
+            &mut metrics,
+            save_best,
+        )? {
             stopped_early = true;
             break;
         }

@@ -21,10 +21,10 @@ use crate::classify_report::{
     ClassifyEpochRecord, ClassifyEvaluation, ClassifyReport, ClassifySplitReport,
 };
 use crate::config::ClassifyConfig;
-use crate::epoch::{train_epoch, EpochSettings, Verdict};
+use crate::epoch::{train_epoch, EpochSettings};
 use crate::inputs::{batch_tensors, load_tokenizer, pad_id};
 use crate::optimizer::AdamW;
-use crate::resume::{check_run_dir, open_run_dir, save_last, starting_state};
+use crate::resume::{check_run_dir, open_run_dir, starting_state, EpochEnd};
 use crate::schedule::Schedule;
 
 /// A labelled split, read and encoded.
@@ -424,28 +424,22 @@ pub fn train(config: &ClassifyConfig) -> Result<ClassifyReport> {
                 .unwrap_or_default(),
             record.tokens_per_second
         );
-        metrics.log("epoch", &record)?;
-        state.records.push(record);
-
-        // Without a dev set the last epoch is the one we keep.
-        let verdict = state
-            .tracker
-            .observe(epoch, dev_accuracy.unwrap_or(epoch as f64));
-        if verdict == Verdict::Improved {
-            model.save(&best_dir, &dir.path)?;
-            metrics.log(
-                "checkpoint",
-                json!({"epoch": epoch, "path": best_dir, "dev_accuracy": dev_accuracy}),
-            )?;
-        }
-        state.epoch = epoch;
-        state.optimizer_steps = optimizer.steps();
-        save_last(run, &model.parameters, &optimizer, &state)?;
-        if verdict == Verdict::Stop {
-            eprintln!(
-                "no better dev accuracy for {} epochs: stopping early",
-                state.tracker.epochs_without_gain
-            );
+        let end = EpochEnd {
+            epoch,
+            record,
+            score: dev_accuracy.unwrap_or(epoch as f64),
+            no_gain: "no better dev accuracy",
+            checkpoint: json!({"dev_accuracy": dev_accuracy}),
+        };
+        let save_best = |best: &Path| -> Result<()> { Ok(model.save(best, &dir.path)?) };
+        if state.end_epoch(
+            end,
+            run,
+            &model.parameters,
+            &optimizer,
+            &mut metrics,
+            save_best,
+        )? {
             stopped_early = true;
             break;
         }

@@ -3,7 +3,7 @@
 //! supplies the data (blocks or NSP pairs, masked anew every epoch), the loss and the
 //! held-out evaluation: masked-LM loss, perplexity, masked-token accuracy, NSP accuracy.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use alpaca_data::align::{Encoded, IGNORE_INDEX};
 use alpaca_data::batch::{collate, length_grouped_order, sequential_order, Batch};
@@ -24,11 +24,11 @@ use serde_json::json;
 use tokenizers::Tokenizer;
 
 use crate::config::MlmConfig;
-use crate::epoch::{train_epoch, EpochSettings, Verdict};
+use crate::epoch::{train_epoch, EpochSettings};
 use crate::inputs::{batch_tensors, load_tokenizer, pad_id};
 use crate::mlm_report::{CorpusSummary, MlmEpochRecord, MlmEvaluation, MlmReport};
 use crate::optimizer::AdamW;
-use crate::resume::{check_run_dir, open_run_dir, save_last, starting_state};
+use crate::resume::{check_run_dir, open_run_dir, starting_state, EpochEnd};
 use crate::schedule::Schedule;
 
 /// Masked examples ready to batch, with their NSP labels.
@@ -541,21 +541,22 @@ pub fn train(config: &MlmConfig) -> Result<MlmReport> {
             seconds: outcome.seconds,
             tokens_per_second: outcome.tokens_per_second,
         };
-        metrics.log("epoch", &record)?;
-        state.records.push(record);
-        let verdict = state.tracker.observe(epoch, score);
-        if verdict == Verdict::Improved {
-            model.save(&best_dir, &tokenizer_dir)?;
-            metrics.log("checkpoint", json!({"epoch": epoch, "path": best_dir}))?;
-        }
-        state.epoch = epoch;
-        state.optimizer_steps = optimizer.steps();
-        save_last(run, &model.parameters, &optimizer, &state)?;
-        if verdict == Verdict::Stop {
-            eprintln!(
-                "no lower held-out loss for {} epochs: stopping early",
-                state.tracker.epochs_without_gain
-            );
+        let end = EpochEnd {
+            epoch,
+            record,
+            score,
+            no_gain: "no lower held-out loss",
+            checkpoint: json!({}),
+        };
+        let save_best = |best: &Path| -> Result<()> { Ok(model.save(best, &tokenizer_dir)?) };
+        if state.end_epoch(
+            end,
+            run,
+            &model.parameters,
+            &optimizer,
+            &mut metrics,
+            save_best,
+        )? {
             stopped_early = true;
             break;
         }

@@ -15,11 +15,11 @@ use anyhow::{bail, Context, Result};
 use serde_json::json;
 
 use crate::config::NerConfig;
-use crate::epoch::{train_epoch, EpochSettings, Verdict};
+use crate::epoch::{train_epoch, EpochSettings};
 pub use crate::inputs::{batch_tensors, load_tokenizer, pad_id};
 use crate::optimizer::AdamW;
 use crate::report::{EpochRecord, Evaluation, NerReport, SplitReport};
-use crate::resume::{check_run_dir, open_run_dir, save_last, starting_state};
+use crate::resume::{check_run_dir, open_run_dir, starting_state, EpochEnd};
 use crate::schedule::Schedule;
 
 /// A labelled split, read and encoded.
@@ -321,26 +321,22 @@ pub fn train(config: &NerConfig) -> Result<NerReport> {
                 .unwrap_or_default(),
             record.tokens_per_second
         );
-        metrics.log("epoch", &record)?;
-        state.records.push(record);
-
-        // Without a dev set the last epoch is the one we keep.
-        let verdict = state.tracker.observe(epoch, dev_f1.unwrap_or(epoch as f64));
-        if verdict == Verdict::Improved {
-            model.save(&best_dir, &dir.path)?;
-            metrics.log(
-                "checkpoint",
-                json!({"epoch": epoch, "path": best_dir, "dev_entity_f1": dev_f1}),
-            )?;
-        }
-        state.epoch = epoch;
-        state.optimizer_steps = optimizer.steps();
-        save_last(run, &model.parameters, &optimizer, &state)?;
-        if verdict == Verdict::Stop {
-            eprintln!(
-                "no better dev entity F1 for {} epochs: stopping early",
-                state.tracker.epochs_without_gain
-            );
+        let end = EpochEnd {
+            epoch,
+            record,
+            score: dev_f1.unwrap_or(epoch as f64),
+            no_gain: "no better dev entity F1",
+            checkpoint: json!({"dev_entity_f1": dev_f1}),
+        };
+        let save_best = |best: &Path| -> Result<()> { Ok(model.save(best, &dir.path)?) };
+        if state.end_epoch(
+            end,
+            run,
+            &model.parameters,
+            &optimizer,
+            &mut metrics,
+            save_best,
+        )? {
             stopped_early = true;
             break;
         }

@@ -13,7 +13,7 @@ use candle_core::Device;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::epoch::BestTracker;
+use crate::epoch::{BestTracker, Verdict};
 use crate::optimizer::AdamW;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -48,6 +48,67 @@ pub fn save_last<Record: Serialize>(
         })
     })?;
     Ok(())
+}
+
+/// How an epoch ended, for [`TrainerState::end_epoch`].
+pub struct EpochEnd<'a, Record> {
+    pub epoch: usize,
+    /// The epoch's line in metrics.jsonl and trainer_state.json.
+    pub record: Record,
+    /// Higher is better: a dev metric, minus a held-out loss, or the epoch number when there
+    /// is nothing to score (so the last epoch is the one kept).
+    pub score: f64,
+    /// Said when early stopping ends the run, e.g. "no better dev accuracy".
+    pub no_gain: &'a str,
+    /// Fields the metrics "checkpoint" line carries besides the epoch and the path.
+    pub checkpoint: serde_json::Value,
+}
+
+impl<Record: Serialize> TrainerState<Record> {
+    /// Ends an epoch the same way for every trainer: logs and keeps its record, writes
+    /// `run/best` with `save_best` when the score is the best so far, replaces `run/last`
+    /// (so a resume starts after this epoch) and returns whether early stopping says stop.
+    pub fn end_epoch(
+        &mut self,
+        end: EpochEnd<'_, Record>,
+        run: &Path,
+        parameters: &Parameters,
+        optimizer: &AdamW,
+        metrics: &mut alpaca_track::MetricsLog,
+        save_best: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<bool> {
+        let EpochEnd {
+            epoch,
+            record,
+            score,
+            no_gain,
+            checkpoint,
+        } = end;
+        metrics.log("epoch", &record)?;
+        self.records.push(record);
+        let verdict = self.tracker.observe(epoch, score);
+        if verdict == Verdict::Improved {
+            let best = run.join("best");
+            save_best(&best)?;
+            let mut line = serde_json::json!({"epoch": epoch, "path": best});
+            if let (Some(line), serde_json::Value::Object(fields)) =
+                (line.as_object_mut(), checkpoint)
+            {
+                line.extend(fields);
+            }
+            metrics.log("checkpoint", line)?;
+        }
+        self.epoch = epoch;
+        self.optimizer_steps = optimizer.steps();
+        save_last(run, parameters, optimizer, self)?;
+        if verdict == Verdict::Stop {
+            eprintln!(
+                "{no_gain} for {} epochs: stopping early",
+                self.tracker.epochs_without_gain
+            );
+        }
+        Ok(verdict == Verdict::Stop)
+    }
 }
 
 /// Loads `run/last` into `parameters` and `optimizer` and returns the loop state, or `None`

@@ -277,13 +277,18 @@ fn early_stopping_keeps_the_best_epoch() {
     assert!(report.stopped_early);
     assert_eq!(report.best_epoch, Some(1));
     let events = std::fs::read_to_string(work.path().join("run/metrics.jsonl")).unwrap();
-    assert_eq!(
-        events
-            .lines()
-            .filter(|l| l.contains("\"event\":\"checkpoint\""))
-            .count(),
-        1
-    );
+    let checkpoints: Vec<&str> = events
+        .lines()
+        .filter(|l| l.contains("\"event\":\"checkpoint\""))
+        .collect();
+    assert_eq!(checkpoints.len(), 1);
+    for field in ["\"epoch\":1", "\"path\":", "\"dev_entity_f1\":"] {
+        assert!(
+            checkpoints[0].contains(field),
+            "{field} not in {}",
+            checkpoints[0]
+        );
+    }
 }
 
 #[test]
