@@ -7,7 +7,8 @@
 #   5. print one table: what our own pre-training bought, and how far it is from MiniLM's
 #      (pre-trained by its makers on a billion sentences).
 #
-#   examples/seed_pipeline.sh                 # defaults below; about an hour on 2 cores
+#   examples/seed_pipeline.sh                 # defaults below; about 1.5 hours on 2 Zen 3 cores
+#                                             # (pre-training alone 56 min: docs/benchmarks.md)
 #   MLM_STEPS=300 NER_SENTENCES=2000 examples/seed_pipeline.sh    # a quick look
 #
 # Knobs (environment): MLM_STEPS (2000), NER_EPOCHS (3), NER_SENTENCES (all), NG_TRAIN (2000),
