@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use crate::dropout::Dropout;
 use crate::math;
-use crate::util::{check_f32_cpu, par_new, slice_f32, tensor_from, with_f32, zeroed};
+use crate::util::{check_f32_cpu, par_new, par_zeros, slice_f32, tensor_from, with_f32};
 use candle_core::{bail, CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -397,27 +397,20 @@ impl CausalAttention {
         dout: &[f32],
     ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
         let (tq, tk, d, groups) = (dims.tq, dims.tk, dims.d, dims.groups());
-        if q.is_empty() || k.is_empty() {
-            return (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        // Zeroed by all threads: `vec![0.0; n]` would be three serial passes the other
+        // threads wait for.
+        let mut dq = par_zeros(q.len());
+        let mut dk = par_zeros(k.len());
+        let mut dv = par_zeros(v.len());
+        if dq.is_empty() || dk.is_empty() {
+            return (dq, dk, dv);
         }
         let group = groups * tq * d;
-        let tasks = q.len() / group;
-        assert!(q.len() == tasks * group && k.len() == tasks * tk * d && v.len() == k.len());
-        // Each task zeroes its own part of dq, dk and dv just before it accumulates into them
-        // (`vec![0.0; n]` would be three serial passes the other threads wait for).
-        let (mut dq, mut dk, mut dv) = (
-            Vec::with_capacity(q.len()),
-            Vec::with_capacity(k.len()),
-            Vec::with_capacity(v.len()),
-        );
-        dq.spare_capacity_mut()[..q.len()]
-            .par_chunks_mut(group)
-            .zip(dk.spare_capacity_mut()[..k.len()].par_chunks_mut(tk * d))
-            .zip(dv.spare_capacity_mut()[..v.len()].par_chunks_mut(tk * d))
+        dq.par_chunks_mut(group)
+            .zip(dk.par_chunks_mut(tk * d))
+            .zip(dv.par_chunks_mut(tk * d))
             .enumerate()
             .for_each(|(task, ((dq_group, dk_head), dv_head))| {
-                let (dq_group, dk_head, dv_head) =
-                    (zeroed(dq_group), zeroed(dk_head), zeroed(dv_head));
                 let mut scratch = Scratch::new(dims, true);
                 for block in dims.blocks() {
                     self.backward_block(
@@ -435,13 +428,6 @@ impl CausalAttention {
                     );
                 }
             });
-        // SAFETY: the three zipped iterators have `tasks` chunks each (asserted above), which
-        // cover every element, and every task zeroed its chunks before writing them.
-        unsafe {
-            dq.set_len(q.len());
-            dk.set_len(k.len());
-            dv.set_len(v.len());
-        }
         (dq, dk, dv)
     }
 }

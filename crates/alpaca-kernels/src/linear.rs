@@ -18,7 +18,7 @@ use crate::few_rows;
 use crate::gradient::{route, WeightBiasSinks};
 use crate::onednn;
 use crate::packed_linear::PackedLinear;
-use crate::util::{check_f32_cpu, par_new, slice_f32, tensor_from, with_f32};
+use crate::util::{check_f32_cpu, par_new, par_zeros, slice_f32, tensor_from, with_f32};
 use crate::Precision;
 
 /// Whether the products of [`linear`] and [`linear_no_bias`] run in bf16 (operands rounded to
@@ -179,11 +179,6 @@ fn bf16_product(
 /// Rows of a product's output each task starts (zeroes or fills with the bias).
 const START_ROWS: usize = 64;
 
-/// `len` zeros for gemm to accumulate into, written by all threads.
-fn zeros(len: usize) -> Vec<f32> {
-    par_new(len, 1 << 14, |_, _| {})
-}
-
 /// y [N, out] = x [N, in] · Wᵀ (+ b broadcast over rows).
 fn forward(
     x: &[f32],
@@ -272,7 +267,7 @@ fn backward(
                     let pack = || PackedB::weight(ws, (out_features, in_features));
                     bf16_product(dims, a, b, None, pack)
                 } else {
-                    let mut dx = zeros(rows * in_features);
+                    let mut dx = par_zeros(rows * in_features);
                     gemm_into(
                         &mut dx,
                         (rows, in_features, out_features),
@@ -293,7 +288,7 @@ fn backward(
                         let pack = || PackedB::pack(xs, (rows, in_features), (in_features, 1));
                         bf16_product(dims, a, b, None, pack)
                     } else {
-                        let mut dw = zeros(out_features * in_features);
+                        let mut dw = par_zeros(out_features * in_features);
                         gemm_into(
                             &mut dw,
                             (out_features, in_features, rows),

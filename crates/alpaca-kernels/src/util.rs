@@ -67,6 +67,11 @@ pub(crate) fn par_new(
     par_new_reduce(len, chunk, fill, || (), |(), ()| ()).0
 }
 
+/// `len` zeros written by all threads (an output to accumulate into).
+pub(crate) fn par_zeros(len: usize) -> Vec<f32> {
+    par_new(len, 1 << 14, |_, _| {})
+}
+
 /// [`par_new`] whose chunks each return a value, combined with `reduce` from `identity`
 /// (the per-task partial sums of a bias gradient).
 pub(crate) fn par_new_reduce<T: Send>(
