@@ -641,7 +641,7 @@ pub fn train_causal(
             record,
             score,
             no_gain: "no lower held-out loss",
-            checkpoint: json!({}),
+            checkpoint: Value::Null,
         };
         let save_best = |best: &Path| -> Result<()> {
             match trainable {

@@ -20,7 +20,7 @@ use candle_core::{Device, Tensor};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokenizers::Tokenizer;
 
 use crate::config::MlmConfig;
@@ -546,7 +546,7 @@ pub fn train(config: &MlmConfig) -> Result<MlmReport> {
             record,
             score,
             no_gain: "no lower held-out loss",
-            checkpoint: json!({}),
+            checkpoint: Value::Null,
         };
         let save_best = |best: &Path| -> Result<()> { Ok(model.save(best, &tokenizer_dir)?) };
         if state.end_epoch(

@@ -60,7 +60,8 @@ pub struct EpochEnd<'a, Record> {
     pub score: f64,
     /// Said when early stopping ends the run, e.g. "no better dev accuracy".
     pub no_gain: &'a str,
-    /// Fields the metrics "checkpoint" line carries besides the epoch and the path.
+    /// Fields the metrics "checkpoint" line carries besides the epoch and the path: a JSON
+    /// object, or null for none.
     pub checkpoint: serde_json::Value,
 }
 
@@ -90,12 +91,9 @@ impl<Record: Serialize> TrainerState<Record> {
         if verdict == Verdict::Improved {
             let best = run.join("best");
             save_best(&best)?;
-            let mut line = serde_json::json!({"epoch": epoch, "path": best});
-            if let (Some(line), serde_json::Value::Object(fields)) =
-                (line.as_object_mut(), checkpoint)
-            {
-                line.extend(fields);
-            }
+            let mut line = checkpoint;
+            line["epoch"] = epoch.into();
+            line["path"] = serde_json::json!(best);
             metrics.log("checkpoint", line)?;
         }
         self.epoch = epoch;
